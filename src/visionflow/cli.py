@@ -1,0 +1,66 @@
+"""``visionflow <stage> --task <task>``: argument parsing only; the stages do the work.
+
+Heavy libraries are imported by the stage that needs them, so ``--help`` and
+light stages start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from visionflow.stages import TASK_STAGES
+
+STAGE_HELP = {
+    "acquire": "fetch the datasets under acquire.datasets into data/raw/",
+    "synthesize": "render the family's synthetic dataset into data/synthetic/<task>/",
+    "augment": "preview augmentations (reports/<task>/augment.png) and check label alignment",
+    "train": "train with Lightning; checkpoints into models/<task>/, curves into plots/<task>/",
+    "evaluate": "score the best checkpoint on the test split into metrics/<task>.json",
+    "register": "log the model to MLflow, register a version, move the alias on improvement",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visionflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", type=Path,
+                        help="params file (default: ./params.yaml); its folder is the project root")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    acquire = sub.add_parser("acquire", help=STAGE_HELP["acquire"])
+    acquire.add_argument("--no-progress", action="store_true")
+    for stage in TASK_STAGES:
+        stage_parser = sub.add_parser(stage, help=STAGE_HELP[stage])
+        stage_parser.add_argument("--task", required=True, help="task family, e.g. segmentation")
+    sub.add_parser("check-params", help="validate the params file and print the enabled tasks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from visionflow.config import ConfigError, load_params
+
+    args = build_parser().parse_args(argv)
+    params_path = args.params.resolve()
+    root = params_path.parent
+    try:
+        params = load_params(params_path)
+        if args.command == "check-params":
+            print(json.dumps({"tasks": params.tasks}))
+            return 0
+        stage = importlib.import_module(f"visionflow.stages.{args.command}")
+        if args.command == "acquire":
+            result = stage.run(params, root, progress=not args.no_progress)
+        else:
+            params.task(args.task)  # fails early, naming the task, if it is not enabled
+            result = stage.run(params, args.task, root)
+    except ConfigError as exc:
+        print(f"visionflow: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""Typed params: ``params.yaml`` is read here once, validated, and passed down.
+
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError`
+naming the key path (``segmentation.train.lr: must be > 0``). Nothing else in
+the package reads params.yaml.
+
+Every task family has the same sections (``synth``, ``data``, ``augment``,
+``model``, ``train``, ``evaluate``, ``register``) so that ``dvc.yaml`` can
+declare each stage's params once for all families (a ``foreach``); what is
+inside a section is the family's own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TASK_FAMILIES = ("segmentation",)
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file and key path."""
+
+
+class Strict(BaseModel):
+    """Base for every params section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- shared sections ----------------------------------------------------------------------
+
+
+def _devices(value: Any) -> int | list[int] | str:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, int) and v >= 0 for v in value):
+        return value
+    raise ValueError(f"must be 'auto', a device count >= 1 or a list of device ids (got {value!r})")
+
+
+class TrainerParams(Strict):
+    """Lightning ``Trainer`` settings shared by every family (``trainer:``)."""
+
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: Annotated[Any, BeforeValidator(_devices)] = "auto"  # a count, a list of ids, or "auto"
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
+    deterministic: bool = True
+    num_workers: int = Field(0, ge=0)
+    progress_bar: bool = True
+
+
+class TrackingParams(Strict):
+    """MLflow (``tracking:``). ``MLFLOW_TRACKING_URI`` in the environment wins over ``uri``."""
+
+    uri: str | None = None  # None: sqlite:///<project>/mlflow.db with artifacts in mlartifacts/
+
+
+class DatasetSource(Strict):
+    """One real dataset to fetch (``acquire.datasets.<name>``)."""
+
+    url: str | None = None  # http(s):// or file://
+    path: str | None = None  # a local folder or archive, relative to the project
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    format: Literal["coco", "image_folder"] = "coco"
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "DatasetSource":
+        if (self.url is None) == (self.path is None):
+            raise ValueError("give exactly one of url or path")
+        if self.url is not None:
+            if not self.url.startswith(("http://", "https://", "file://")):
+                raise ValueError(f"url must be http(s):// or file://, got {self.url!r}")
+            if self.sha256 is None:
+                raise ValueError("sha256 is required for a url")
+        return self
+
+
+class AcquireParams(Strict):
+    retries: int = Field(3, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    datasets: dict[str, DatasetSource] = Field(default_factory=dict)
+
+    @field_validator("datasets")
+    @classmethod
+    def _safe_names(cls, datasets: dict[str, DatasetSource]) -> dict[str, DatasetSource]:
+        for name in datasets:
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"dataset name {name!r} may hold only letters, digits, - and _")
+        return datasets
+
+
+class TransformSpec(Strict):
+    """One albumentations transform: its class name and keyword arguments."""
+
+    name: str
+    p: float = Field(1.0, ge=0, le=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataParams(Strict):
+    """Where a family's images come from: its synthetic set or an acquired dataset's name."""
+
+    source: str = "synthetic"
+
+
+class EvaluateParams(Strict):
+    overlays: int = Field(8, ge=0, le=64)
+    batch_size: int = Field(64, ge=1)
+
+
+class RegisterParams(Strict):
+    model_name: str = Field(min_length=1)
+    alias: str = "champion"
+
+
+class OptimParams(Strict):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "onecycle", "cosine"] = "onecycle"
+    seed: int = 0
+    resume: bool = True  # continue an interrupted run with the same params from its last checkpoint
+
+
+# --- segmentation -------------------------------------------------------------------------
+
+
+class ShapesSynthParams(Strict):
+    """The shapes scene generator (``data/synth/shapes.py``)."""
+
+    seed: int = 0
+    splits: dict[Literal["train", "val", "test"], int] = Field(
+        default_factory=lambda: {"train": 2000, "val": 100, "test": 200})
+    image_size: int = Field(64, ge=16, le=1024)
+    classes: list[str] = Field(default_factory=lambda: ["circle", "square", "triangle"], min_length=1)
+    min_objects: int = Field(1, ge=0)
+    max_objects: int = Field(4, ge=0)
+    min_radius: float = Field(7.0, gt=0)
+    max_radius: float = Field(18.0, gt=0)
+    min_visible_fraction: float = Field(0.4, ge=0, le=1)
+    empty_fraction: float = Field(0.0, ge=0, le=1)
+    noise_std: float = Field(8.0, ge=0)
+    texture_probability: float = Field(0.5, ge=0, le=1)
+    blur_probability: float = Field(0.2, ge=0, le=1)
+
+    @field_validator("classes")
+    @classmethod
+    def _known_shapes(cls, classes: list[str]) -> list[str]:
+        from visionflow.data.synth.shapes import SHAPE_KINDS
+
+        for name in classes:
+            if name not in SHAPE_KINDS:
+                raise ValueError(f"unknown shape {name!r}; known: {', '.join(SHAPE_KINDS)}")
+        if len(set(classes)) != len(classes):
+            raise ValueError("classes must be unique")
+        return classes
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "ShapesSynthParams":
+        if self.min_objects > self.max_objects:
+            raise ValueError("min_objects must be <= max_objects")
+        if self.min_radius > self.max_radius:
+            raise ValueError("min_radius must be <= max_radius")
+        if "train" not in self.splits or "test" not in self.splits:
+            raise ValueError("splits needs at least train and test")
+        return self
+
+
+class SegmentationModelParams(Strict):
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128], min_length=2)
+    dilations: list[int] = Field(default_factory=lambda: [1])
+
+    @field_validator("channels", "dilations")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values):
+            raise ValueError("every entry must be >= 1")
+        return values
+
+
+class SegmentationLossParams(Strict):
+    """``cross_entropy``, ``focal`` or ``soft_jaccard``; ``weights`` mixes several."""
+
+    weights: dict[Literal["cross_entropy", "focal", "soft_jaccard"], float] = Field(
+        default_factory=lambda: {"cross_entropy": 1.0})
+    focal_gamma: float = Field(2.0, ge=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _some_weight(cls, weights: dict[str, float]) -> dict[str, float]:
+        if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError("needs at least one loss with a positive weight, none negative")
+        return weights
+
+
+class SegmentationTrainParams(OptimParams):
+    loss: SegmentationLossParams = Field(default_factory=SegmentationLossParams)
+
+
+class SegmentationParams(Strict):
+    synth: ShapesSynthParams = Field(default_factory=ShapesSynthParams)
+    data: DataParams = Field(default_factory=DataParams)
+    augment: list[TransformSpec] = Field(default_factory=list)
+    model: SegmentationModelParams = Field(default_factory=SegmentationModelParams)
+    train: SegmentationTrainParams
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    registry: RegisterParams = Field(alias="register")
+
+
+# --- the whole file -----------------------------------------------------------------------
+
+
+class Params(Strict):
+    tasks: list[str] = Field(min_length=1)
+    trainer: TrainerParams = Field(default_factory=TrainerParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+    acquire: AcquireParams = Field(default_factory=AcquireParams)
+    segmentation: SegmentationParams | None = None
+
+    @model_validator(mode="after")
+    def _enabled_tasks_configured(self) -> "Params":
+        for index, task in enumerate(self.tasks):
+            if task not in TASK_FAMILIES:
+                raise _KeyPathError(("tasks", index), _unknown(task, TASK_FAMILIES, "task family"))
+            if getattr(self, task) is None:
+                raise _KeyPathError((task,), "enabled in tasks but has no section")
+        return self
+
+    def task(self, name: str) -> Any:
+        """The params section of an enabled task family."""
+        if name not in self.tasks:
+            raise ConfigError(f"task {name!r} is not enabled; tasks: {', '.join(self.tasks)}")
+        return getattr(self, name)
+
+
+class _KeyPathError(ValueError):
+    def __init__(self, loc: tuple, message: str):
+        super().__init__(message)
+        self.loc, self.message = loc, message
+
+
+def _unknown(value: str, valid: tuple[str, ...] | list[str], what: str) -> str:
+    close = difflib.get_close_matches(value, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {what} {value!r}{hint}; valid: {', '.join(valid)}"
+
+
+def _key_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    kind, ctx = error["type"], error.get("ctx", {})
+    got = f" (got {error['input']!r})" if "input" in error and kind not in ("missing", "extra_forbidden") else ""
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']}{got}"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx['ge']}{got}"
+    if kind == "less_than":
+        return f"must be < {ctx['lt']}{got}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx['le']}{got}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        valid = _valid_keys(model, error["loc"][:-1])
+        return _unknown(str(error["loc"][-1]), valid, "key") if valid else "unknown key"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return f"{error['msg'][0].lower()}{error['msg'][1:]}{got}"
+
+
+def _valid_keys(model: type[BaseModel], parent: tuple) -> list[str]:
+    """The keys allowed at ``parent`` (a pydantic loc), found by walking the model's fields."""
+    current: Any = model
+    for part in parent:
+        current = _inner_model(current)
+        if isinstance(part, int):
+            continue
+        fields = _fields_by_key(current)
+        if part not in fields:
+            return []
+        current = fields[part].annotation
+    return list(_fields_by_key(_inner_model(current)))
+
+
+def _fields_by_key(model: Any) -> dict[str, Any]:
+    """A model's fields under the keys a params file uses (aliases where set)."""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return {}
+    return {field.alias or name: field for name, field in model.model_fields.items()}
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The BaseModel inside ``X | None`` or ``list[X]``, else the annotation itself."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: must be a mapping of keys to values")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc, message = error["loc"], _describe(error, Params)
+            if loc and loc[-1] == "[key]":  # a dict key that is not one of the allowed ones
+                loc, message = loc[:-1], f"unknown key: {message}"
+            cause = error.get("ctx", {}).get("error")
+            if isinstance(cause, _KeyPathError):
+                loc, message = cause.loc, cause.message
+            lines.append(f"{_key_path(loc) or '<root>'}: {message}")
+        raise ConfigError(f"{source}: invalid params\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file; errors name the file and the key path."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read params file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))
+
+
+def params_hash(section: Any) -> str:
+    """A short, stable hash of a params section (for tags and resume keys)."""
+    data = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

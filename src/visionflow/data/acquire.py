@@ -1,0 +1,200 @@
+"""Fetch real datasets declared in params into ``data/raw/<name>/``.
+
+A source is a URL (http, https or file; sha256 required) or a local path (a
+folder or an archive). Downloads are retried, checked against their sha256 and
+kept in ``.cache/downloads`` so a rerun does not fetch again. Archives (tar,
+tar.gz/bz2/xz, zip) are extracted only if every member stays inside the target
+and none is a link or device. Each dataset is assembled in a hidden staging
+folder and renamed into place, and the manifest is written last: an
+interrupted run leaves no half-written dataset behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tarfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from visionflow.config import AcquireParams, DatasetSource
+from visionflow.data.coco import load_coco
+from visionflow.data.images import list_images
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
+CHUNK = 1 << 20
+
+
+class AcquireError(RuntimeError):
+    """A dataset that could not be fetched, verified or unpacked; names the dataset and source."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, sha256: str, cache_dir: Path, retries: int, timeout_s: float,
+             progress: bool = True) -> Path:
+    """The verified file for ``url`` in ``cache_dir`` (fetched unless already there)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    name = PurePosixPath(urllib.parse.urlparse(url).path).name or "download"
+    target = cache_dir / f"{sha256.lower()}-{name}"
+    if target.is_file() and sha256_of(target) == sha256.lower():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    last_error: Exception | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(2.0**attempt * 0.25, 10.0))
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response, open(partial, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}",
+                          disable=not progress) as bar:
+                    for block in iter(lambda: response.read(CHUNK), b""):
+                        out.write(block)
+                        bar.update(len(block))
+            break
+        except urllib.error.HTTPError as exc:
+            last_error = exc
+            if exc.code < 500:  # 4xx will not get better by asking again
+                partial.unlink(missing_ok=True)
+                raise AcquireError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            last_error = exc
+    else:
+        partial.unlink(missing_ok=True)
+        raise AcquireError(f"{url}: failed after {retries + 1} attempts: {last_error}")
+    actual = sha256_of(partial)
+    if actual != sha256.lower():
+        partial.unlink(missing_ok=True)
+        raise AcquireError(f"{url}: sha256 mismatch: expected {sha256.lower()}, got {actual}")
+    partial.replace(target)
+    return target
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _check_member(name: str, archive: Path) -> PurePosixPath:
+    member = PurePosixPath(name)
+    if member.is_absolute() or ".." in member.parts or name.startswith(("/", "\\")) or ":" in member.parts[0]:
+        raise AcquireError(f"{archive}: member {name!r} would land outside the target folder")
+    return member
+
+
+def extract_archive(archive: Path, target: Path) -> None:
+    """Extract into ``target``; refuse links, devices and members that escape it."""
+    target.mkdir(parents=True, exist_ok=True)
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                _check_member(info.filename, archive)
+                mode = info.external_attr >> 16
+                if (mode & 0o170000) == 0o120000:
+                    raise AcquireError(f"{archive}: member {info.filename!r} is a symbolic link")
+            zf.extractall(target)
+        return
+    with tarfile.open(archive) as tf:
+        members = tf.getmembers()
+        for member in members:
+            _check_member(member.name, archive)
+            if member.issym() or member.islnk():
+                raise AcquireError(f"{archive}: member {member.name!r} is a link")
+            if not (member.isfile() or member.isdir()):
+                raise AcquireError(f"{archive}: member {member.name!r} is not a regular file")
+        tf.extractall(target, members=members, filter="data")
+
+
+def _strip_single_top_folder(folder: Path) -> Path:
+    """Archives often wrap everything in one folder: use that folder as the dataset root."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
+
+
+def check_format(root: Path, source: DatasetSource, name: str) -> dict[str, int]:
+    """Validate an unpacked dataset; returns counts for the manifest."""
+    if source.format == "image_folder":
+        images = list_images(root)
+        if not images:
+            raise AcquireError(f"dataset {name}: no images found under {root}")
+        return {"images": len(images)}
+    coco_files = sorted(root.glob("*.json"))
+    if not coco_files:
+        raise AcquireError(f"dataset {name}: a COCO dataset needs <split>.json files at its top level")
+    counts = {"images": 0, "annotations": 0}
+    for coco_file in coco_files:
+        coco = load_coco(coco_file, root=root)
+        for image in coco.images:
+            if not coco.image_path(image).is_file():
+                raise AcquireError(f"{coco_file}: image id {image['id']}: file_name "
+                                   f"{image['file_name']!r} not found in the dataset")
+        counts["images"] += len(coco.images)
+        counts["annotations"] += len(coco.annotations)
+    return counts
+
+
+def acquire_dataset(name: str, source: DatasetSource, raw_dir: Path, cache_dir: Path,
+                    params: AcquireParams, project_root: Path, progress: bool = True) -> dict:
+    if source.url is not None:
+        retries = 0 if source.url.startswith("file://") else params.retries
+        fetched = download(source.url, source.sha256, cache_dir, retries, params.timeout_s, progress)
+    else:
+        fetched = (project_root / source.path).resolve()
+        if not fetched.exists():
+            raise AcquireError(f"dataset {name}: path {source.path} does not exist")
+        if source.sha256 is not None:
+            if not fetched.is_file():
+                raise AcquireError(f"dataset {name}: sha256 applies to a file, {source.path} is a folder")
+            if sha256_of(fetched) != source.sha256.lower():
+                raise AcquireError(f"dataset {name}: sha256 mismatch for {source.path}")
+
+    staging = raw_dir / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        if fetched.is_dir():
+            links = [p for p in fetched.rglob("*") if p.is_symlink()]
+            if links:
+                raise AcquireError(f"dataset {name}: {links[0]} is a symbolic link")
+            shutil.copytree(fetched, staging / "content")
+        elif is_archive(fetched):
+            extract_archive(fetched, staging / "content")
+        else:
+            raise AcquireError(f"dataset {name}: {fetched.name} is neither a folder nor an archive "
+                               f"({', '.join(ARCHIVE_SUFFIXES)})")
+        content = _strip_single_top_folder(staging / "content")
+        counts = check_format(content, source, name)
+        target = raw_dir / name
+        shutil.rmtree(target, ignore_errors=True)
+        content.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"format": source.format, "source": source.url or source.path,
+            "sha256": source.sha256, **counts}
+
+
+def acquire_all(params: AcquireParams, raw_dir: Path, cache_dir: Path, project_root: Path,
+                progress: bool = True) -> dict[str, dict]:
+    """Fetch every declared dataset, then write ``manifest.json`` (the last file written)."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = raw_dir / "manifest.json"
+    manifest_path.unlink(missing_ok=True)
+    manifest: dict[str, dict] = {}
+    for name, source in params.datasets.items():
+        manifest[name] = acquire_dataset(name, source, raw_dir, cache_dir, params, project_root, progress)
+    tmp = manifest_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(manifest_path)
+    return manifest

@@ -1,0 +1,1 @@
+"""Metrics as pure functions on tensors and arrays (torch / numpy only)."""

@@ -1,0 +1,88 @@
+"""Where every stage reads and writes, relative to the project root.
+
+The one place paths are spelled in code; ``dvc.yaml`` spells them again for DVC,
+and ``tests/test_dvc_yaml.py`` checks that both agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")
+RAW_MANIFEST = RAW_DIR / "manifest.json"
+MLFLOW_DB = Path("mlflow.db")
+MLFLOW_ARTIFACTS = Path("mlartifacts")
+SCRATCH_DIR = Path(".cache")
+
+
+@dataclass(frozen=True)
+class TaskPaths:
+    """One task family's files. All paths are relative to ``root`` once resolved."""
+
+    task: str
+    root: Path = Path(".")
+
+    def _at(self, relative: str) -> Path:
+        return self.root / relative
+
+    @property
+    def synthetic(self) -> Path:
+        return self._at(f"data/synthetic/{self.task}")
+
+    def data_root(self, source: str) -> Path:
+        """The COCO-layout dataset a family reads: its synthetic set or an acquired one."""
+        return self.synthetic if source == "synthetic" else self.root / RAW_DIR / source
+
+    @property
+    def augment_preview(self) -> Path:
+        return self._at(f"reports/{self.task}/augment.png")
+
+    @property
+    def augment_check(self) -> Path:
+        return self._at(f"reports/{self.task}/augment.json")
+
+    @property
+    def models(self) -> Path:
+        return self._at(f"models/{self.task}")
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.models / "best.ckpt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.models / "last.ckpt"
+
+    @property
+    def train_summary(self) -> Path:
+        return self.models / "train.json"
+
+    @property
+    def train_curves_csv(self) -> Path:
+        return self._at(f"plots/{self.task}/train.csv")
+
+    @property
+    def train_curves_png(self) -> Path:
+        return self._at(f"reports/{self.task}/curves.png")
+
+    @property
+    def metrics(self) -> Path:
+        return self._at(f"metrics/{self.task}.json")
+
+    @property
+    def eval_plots(self) -> Path:
+        return self._at(f"plots/{self.task}/eval")
+
+    @property
+    def eval_reports(self) -> Path:
+        return self._at(f"reports/{self.task}/eval")
+
+    @property
+    def registered(self) -> Path:
+        return self.models / "registered.json"
+
+    @property
+    def train_scratch(self) -> Path:
+        """Resumable checkpoints of unfinished runs, keyed by a hash of what they depend on."""
+        return self.root / SCRATCH_DIR / "train" / self.task

@@ -1,0 +1,47 @@
+"""evaluate: score the best checkpoint on the held-out split; metrics JSON, plots, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from visionflow.config import Params
+from visionflow.paths import TaskPaths
+from visionflow.tasks import get_task
+from visionflow.tasks.base import EvalOutputs
+from visionflow.tracking import StageRun, log_artifacts, log_metrics, stage_run
+
+
+def pick_device(accelerator: str):
+    import torch
+
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    if accelerator == "mps":
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def read_json(path: Path, produced_by: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run `visionflow {produced_by}` first")
+    return json.loads(path.read_text())
+
+
+def run(params: Params, task: str, root: Path) -> dict:
+    family, section, paths = get_task(task), params.task(task), TaskPaths(task, root)
+    train_summary = read_json(paths.train_summary, f"train --task {task}")
+    module = family.load_module(paths.best_checkpoint)
+    out = EvalOutputs(plots_dir=paths.eval_plots, reports_dir=paths.eval_reports)
+    metrics = family.evaluate(section, module, paths.data_root(section.data.source), out,
+                              pick_device(params.trainer.accelerator))
+    if family.primary_metric not in metrics:
+        raise KeyError(f"{task} evaluate() returned no {family.primary_metric!r}")
+    paths.metrics.parent.mkdir(parents=True, exist_ok=True)
+    paths.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
+    stage = StageRun(task, "evaluate", {f"{task}.evaluate": section.evaluate})
+    with stage_run(stage, params.tracking, root, parent_run_id=train_summary["mlflow_run_id"]):
+        log_metrics(metrics, prefix="test/")
+        log_artifacts(sorted(out.reports_dir.glob("*.png")), "evaluation")
+        log_artifacts([paths.metrics], "evaluation")
+    return metrics

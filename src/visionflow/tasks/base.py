@@ -1,0 +1,82 @@
+"""What a task family provides to the generic stages.
+
+A family is the only place that knows its task: its data, its model, its
+metrics. The stages (``visionflow.stages``) do the rest the same way for all:
+files, MLflow runs, checkpoints, resume, registry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import lightning as L
+    import numpy as np
+    import torch
+
+    from visionflow.config import TrainerParams
+
+
+@dataclass(frozen=True)
+class EvalOutputs:
+    """Where ``evaluate`` writes besides the returned metrics."""
+
+    plots_dir: Path  # CSV/JSON curves for ``dvc plots``
+    reports_dir: Path  # PNG images for people
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """A plain ``nn.Module`` for the registry and an input that exercises it.
+
+    ``example``: float32 array shaped like one batch of the module's input, with a
+    batch of 2 or more (torch.export pins a dimension whose example size is 1);
+    ``input_shape`` / ``output_shape``: the signature's shapes, -1 for free dims.
+    """
+
+    module: "torch.nn.Module"
+    example: "np.ndarray"
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+
+
+class TaskFamily(ABC):
+    """One task family. Subclasses register with ``@register_task``."""
+
+    name: ClassVar[str]
+    primary_metric: ClassVar[str]  # key of evaluate()'s metrics that decides the champion
+    higher_is_better: ClassVar[bool] = True
+    monitor: ClassVar[str]  # logged validation metric that picks the best checkpoint
+    monitor_mode: ClassVar[str] = "max"
+
+    @abstractmethod
+    def synthesize(self, params: Any, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+        """Write the family's synthetic dataset into ``out_dir``; return counts."""
+
+    @abstractmethod
+    def augment_preview(self, params: Any, data_root: Path, preview_png: Path) -> dict[str, Any]:
+        """Write a before/after grid; check labels follow images; return the check's numbers."""
+
+    @abstractmethod
+    def datamodule(self, params: Any, data_root: Path, trainer: "TrainerParams") -> "L.LightningDataModule":
+        ...
+
+    @abstractmethod
+    def module(self, params: Any, datamodule: "L.LightningDataModule") -> "L.LightningModule":
+        ...
+
+    @abstractmethod
+    def load_module(self, checkpoint: Path) -> "L.LightningModule":
+        ...
+
+    @abstractmethod
+    def evaluate(self, params: Any, module: "L.LightningModule", data_root: Path, out: EvalOutputs,
+                 device: "torch.device") -> dict[str, Any]:
+        """Score the test split; write plots and reports; return metrics (with primary_metric)."""
+
+    @abstractmethod
+    def export(self, module: "L.LightningModule", data_root: Path) -> ExportedModel:
+        ...

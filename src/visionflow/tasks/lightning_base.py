@@ -1,0 +1,58 @@
+"""The Lightning side shared by families: one ``model_step``, optimiser, schedule, loss guard.
+
+The nn.Module inside knows nothing of Lightning; this module knows nothing of
+the architecture beyond calling the family's ``model_step``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class TaskModule(L.LightningModule):
+    """Subclasses implement ``model_step(batch) -> (outputs, losses)`` with ``losses["loss"]``.
+
+    ``optim`` is a family's ``train`` params as a dict (epochs, lr, weight_decay,
+    schedule, ...), saved in the checkpoint's hyperparameters.
+    """
+
+    def __init__(self, optim: dict[str, Any]):
+        super().__init__()
+        self.optim = optim
+
+    def model_step(self, batch: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        _, losses = self.model_step(batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            shown = {k: float(v.detach()) for k, v in losses.items()}
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {self.current_epoch}, step {self.global_step}: {shown}; "
+                f"lower the learning rate ({self.optim['lr']}) or check the data")
+        batch_size = len(batch[0]) if isinstance(batch, (list, tuple)) else None
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=batch_size)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.optim["lr"],
+                                      weight_decay=self.optim["weight_decay"])
+        schedule = self.optim["schedule"]
+        if schedule == "constant":
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        if schedule == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.optim["lr"],
+                                                            total_steps=total_steps)
+        else:
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

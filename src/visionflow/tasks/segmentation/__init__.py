@@ -1,0 +1,90 @@
+"""Semantic segmentation: shapes scenes, a U-Net, per-class IoU and mIoU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from visionflow.tasks import register_task
+from visionflow.tasks.base import EvalOutputs, ExportedModel, TaskFamily
+
+if TYPE_CHECKING:
+    import torch
+
+    from visionflow.config import SegmentationParams, TrainerParams
+
+# Geometry and interpolation may shave label boundaries; anything worse is a misaligned mask.
+MIN_MASK_AGREEMENT = 0.98
+
+
+@register_task
+class Segmentation(TaskFamily):
+    name = "segmentation"
+    primary_metric = "mIoU"
+    monitor = "val/mIoU"
+
+    def synthesize(self, params: "SegmentationParams", out_dir: Path, progress: bool = True) -> dict:
+        from visionflow.data.synth.shapes import ShapesSceneSpec
+        from visionflow.data.synth.shapes_coco import write_shapes_coco
+
+        synth = params.synth.model_dump()
+        seed, splits = synth.pop("seed"), synth.pop("splits")
+        spec = ShapesSceneSpec(**{**synth, "classes": tuple(synth["classes"])})
+        return write_shapes_coco(out_dir, spec, splits, seed, progress=progress)
+
+    def augment_preview(self, params: "SegmentationParams", data_root: Path, preview_png: Path) -> dict:
+        from visionflow.augment import build_transforms, geometric_mask_agreement
+        from visionflow.tasks.segmentation.data import CocoSemanticDataset, load_split
+        from visionflow.viz import overlay_labels, palette, save_grid
+
+        pipeline = build_transforms(params.augment, "segmentation.augment", seed=params.train.seed)
+        dataset = CocoSemanticDataset(load_split(data_root, "train"))
+        colours = palette(len(dataset.class_names))
+        rows, agreements = [], []
+        for index in range(min(8, len(dataset))):
+            image, labels = dataset.raw(index)
+            out = pipeline(image=image, mask=labels)
+            rows.append([image, overlay_labels(image, labels, colours), out["image"],
+                         overlay_labels(out["image"], out["mask"], colours)])
+            agreements.append(geometric_mask_agreement(params.augment, image, labels, seed=index))
+        save_grid(preview_png, rows, scale=max(1, 256 // max(rows[0][0].shape[:2])) if rows else 1)
+        worst = min(agreements) if agreements else 1.0
+        if worst < MIN_MASK_AGREEMENT:
+            raise ValueError(f"segmentation.augment: masks drift from their images through the "
+                             f"transforms (agreement {worst:.3f} < {MIN_MASK_AGREEMENT}); see {preview_png}")
+        return {"samples": len(agreements), "min_mask_agreement": worst}
+
+    def datamodule(self, params: "SegmentationParams", data_root: Path, trainer: "TrainerParams"):
+        from visionflow.augment import build_transforms
+        from visionflow.tasks.segmentation.data import SegmentationDataModule
+
+        transform = build_transforms(params.augment, "segmentation.augment", seed=params.train.seed)
+        return SegmentationDataModule(data_root, params.train.batch_size, transform,
+                                      num_workers=trainer.num_workers, seed=params.train.seed)
+
+    def module(self, params: "SegmentationParams", datamodule: Any):
+        from visionflow.tasks.segmentation.module import SegmentationModule
+
+        return SegmentationModule(datamodule.class_names, params.model.model_dump(),
+                                  params.train.model_dump())
+
+    def load_module(self, checkpoint: Path):
+        from visionflow.tasks.segmentation.module import SegmentationModule
+
+        return SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu")
+
+    def evaluate(self, params: "SegmentationParams", module: Any, data_root: Path, out: EvalOutputs,
+                 device: "torch.device") -> dict:
+        from visionflow.tasks.segmentation.evaluate import evaluate_segmentation
+
+        return evaluate_segmentation(module, data_root, out, device, params.evaluate)
+
+    def export(self, module: Any, data_root: Path) -> ExportedModel:
+        from visionflow.tasks.segmentation.data import CocoSemanticDataset, load_split
+
+        import torch
+
+        test = CocoSemanticDataset(load_split(data_root, "test"))
+        example = torch.stack([test[i % len(test)][0] for i in range(2)]).numpy()
+        return ExportedModel(module.net.eval(), example, (-1, 3, -1, -1),
+                             (-1, len(module.class_names), -1, -1))

@@ -1,0 +1,145 @@
+"""Fit any task family with Lightning: seeding, checkpoints (best + last), resume, curves.
+
+Unfinished runs live in ``.cache/train/<task>/<key>/``, where the key hashes
+everything the result depends on (the family's params and the dataset's
+annotation files). Running the stage again with the same key resumes from that
+run's ``last.ckpt``; a finished run moves its checkpoints into ``models/<task>/``
+and clears its scratch folder, so a forced rerun trains from scratch.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from visionflow.config import TrackingParams, TrainerParams, params_hash
+from visionflow.paths import TaskPaths
+from visionflow.tasks.base import TaskFamily
+from visionflow.tracking import StageRun, log_artifacts, log_metrics, stage_run
+from visionflow.viz import save_curves
+
+
+class EpochHistory(Callback):
+    """After every epoch: one row of train and validation metrics to CSV and MLflow.
+
+    Rows are kept in the checkpoint, so a resumed run writes the whole history.
+    """
+
+    def __init__(self, csv_path: Path):
+        self.csv_path = csv_path
+        self.rows: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Lightning runs the epoch's validation before this hook, so both are in callback_metrics.
+        metrics = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
+        row = {"epoch": trainer.current_epoch + 1, **dict(sorted(metrics.items()))}
+        self.rows.append(row)
+        if trainer.is_global_zero:
+            write_csv(self.csv_path, self.rows)
+            log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def data_fingerprint(data_root: Path) -> str:
+    """Hash of a dataset's split files (the annotations name every image)."""
+    digest = hashlib.sha256()
+    for split_file in sorted(data_root.glob("*.json")):
+        digest.update(split_file.name.encode())
+        digest.update(split_file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def build_trainer(trainer: TrainerParams, max_epochs: int, scratch: Path,
+                  callbacks: Sequence[Callback]) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator=trainer.accelerator,
+        devices=trainer.devices,
+        num_nodes=trainer.num_nodes,
+        strategy=trainer.strategy,
+        precision=trainer.precision,
+        deterministic=trainer.deterministic,
+        enable_progress_bar=trainer.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        logger=False,
+        callbacks=list(callbacks),
+        default_root_dir=scratch,
+    )
+
+
+def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, tracking: TrackingParams,
+               paths: TaskPaths, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Train one family; write checkpoints, curves and a summary; return the summary."""
+    started = time.perf_counter()
+    L.seed_everything(params.train.seed, workers=True, verbose=False)
+    data_root = paths.data_root(params.data.source)
+    datamodule = family.datamodule(params, data_root, trainer_params)
+    module = family.module(params, datamodule)
+
+    trained_from = params.model_dump(mode="json", include={"data", "augment", "model", "train"})
+    run_key = params_hash({**trained_from, "dataset": data_fingerprint(data_root)})
+    scratch = paths.train_scratch / run_key
+    resume_from = scratch / "last.ckpt"
+    if not (params.train.resume and resume_from.is_file()):
+        shutil.rmtree(scratch, ignore_errors=True)
+        resume_from = None
+    scratch.mkdir(parents=True, exist_ok=True)
+    run_id_file = scratch / "mlflow_run_id"
+    previous_run = run_id_file.read_text().strip() if resume_from and run_id_file.is_file() else None
+
+    checkpoint = ModelCheckpoint(dirpath=scratch, filename="best", monitor=family.monitor,
+                                 mode=family.monitor_mode, save_last=True, save_top_k=1,
+                                 auto_insert_metric_name=False)
+    history = EpochHistory(paths.train_curves_csv)
+    stage = StageRun(family.name, "train", {family.name: params, "trainer": trainer_params})
+    with stage_run(stage, tracking, paths.root, resume_run_id=previous_run) as run:
+        run_id_file.write_text(run.info.run_id)
+        trainer = build_trainer(trainer_params, params.train.epochs, scratch,
+                                [checkpoint, history, *extra_callbacks])
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        if not trainer.is_global_zero:
+            return {}
+        paths.models.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkpoint.best_model_path, paths.best_checkpoint)
+        shutil.copyfile(scratch / "last.ckpt", paths.last_checkpoint)
+        save_curves(paths.train_curves_png, history.rows)
+        summary = {
+            "task": family.name,
+            "mlflow_run_id": run.info.run_id,
+            "epochs": trainer.current_epoch,
+            "global_steps": trainer.global_step,
+            "resumed_from": str(resume_from) if resume_from else None,
+            "monitor": family.monitor,
+            "best_score": float(checkpoint.best_model_score),
+            "seconds": round(time.perf_counter() - started, 1),
+            "run_key": run_key,
+        }
+        log_metrics({f"best_{family.monitor.replace('/', '_')}": summary["best_score"]})
+        log_artifacts([paths.train_curves_png, paths.train_curves_csv], "curves")
+    paths.train_summary.write_text(json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(scratch, ignore_errors=True)
+    return summary

@@ -1,0 +1,113 @@
+"""Pictures for people: mask overlays, image grids, confusion matrices, curves.
+
+Everything returns or writes uint8 RGB images / PNG files; matplotlib is
+imported only by the functions that draw charts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from visionflow.data.images import write_png
+from visionflow.constants import IGNORE_INDEX
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """uint8 (num_classes, 3) distinct colours; class 0 (background) is black."""
+    colours = [(0, 0, 0)]
+    for i in range(1, num_classes):
+        hue = int(180 * ((i * 0.618033988749895) % 1.0))
+        hsv = np.uint8([[[hue, 220, 255]]])
+        colours.append(tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]))
+    return np.array(colours, np.uint8)
+
+
+def overlay_labels(image: np.ndarray, labels: np.ndarray, colours: np.ndarray,
+                   alpha: float = 0.5) -> np.ndarray:
+    """Blend class colours over an image where labels are not background; outline regions.
+
+    image: uint8 (H, W, 3); labels: int (H, W); ignored pixels are shown grey.
+    """
+    out = image.astype(np.float32)
+    valid = (labels > 0) & (labels != IGNORE_INDEX)
+    colour_map = colours[np.clip(labels, 0, len(colours) - 1)].astype(np.float32)
+    out[valid] = (1 - alpha) * out[valid] + alpha * colour_map[valid]
+    out[labels == IGNORE_INDEX] = 128
+    edges = cv2.morphologyEx(labels.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    out[edges & valid] = colour_map[edges & valid]
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 1, gap: int = 2) -> np.ndarray:
+    """Tile equally sized uint8 (H, W, 3) images into a grid with white gaps, optionally upscaled."""
+    height = max(t.shape[0] for row in rows for t in row)
+    width = max(t.shape[1] for row in rows for t in row)
+    n_cols = max(len(row) for row in rows)
+    canvas = np.full((len(rows) * (height + gap) - gap, n_cols * (width + gap) - gap, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            y, x = r * (height + gap), c * (width + gap)
+            canvas[y: y + tile.shape[0], x: x + tile.shape[1]] = tile
+    if scale != 1:
+        canvas = cv2.resize(canvas, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    return canvas
+
+
+def save_grid(path: Path, rows: Sequence[Sequence[np.ndarray]], scale: int = 1) -> None:
+    write_png(path, grid(rows, scale=scale))
+
+
+def save_confusion_matrix(path: Path, confusion: np.ndarray, class_names: Sequence[str]) -> None:
+    """Row-normalised confusion matrix (true class rows, predicted columns) as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confusion = np.asarray(confusion, np.float64)
+    rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    size = 1.2 + 0.6 * len(class_names)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
+           xticklabels=class_names, yticklabels=class_names, xlabel="predicted", ylabel="true",
+           title="confusion (row-normalised)")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center",
+                    color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_curves(path: Path, rows: Sequence[dict[str, float]], x: str = "epoch") -> None:
+    """One panel of losses and one of the other metrics, against ``x``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in rows[0] if k != x] if rows else []
+    losses = [k for k in keys if "loss" in k]
+    others = [k for k in keys if k not in losses]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    xs = [row[x] for row in rows]
+    for ax, names, title in ((axes[0], losses, "losses"), (axes[1], others, "validation metrics")):
+        for name in names:
+            ax.plot(xs, [row.get(name, np.nan) for row in rows], marker="o", label=name)
+        ax.set(xlabel=x, title=title)
+        ax.grid(alpha=0.3)
+        if names:
+            ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
