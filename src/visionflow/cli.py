@@ -38,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors about the user's files and params: shown as one clear line, no traceback."""
+    from visionflow.config import ConfigError
+    from visionflow.data.acquire import AcquireError
+    from visionflow.data.coco import CocoFormatError
+    from visionflow.data.images import ImageReadError
+
+    return ConfigError, CocoFormatError, ImageReadError, AcquireError, FileNotFoundError
+
+
 def main(argv: list[str] | None = None) -> int:
     from visionflow.config import ConfigError, load_params
 
@@ -58,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"visionflow: {exc}", file=sys.stderr)
         return 2
+    except user_errors() as exc:
+        print(f"visionflow: error: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2, default=str))
     return 0
 

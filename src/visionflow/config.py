@@ -250,7 +250,7 @@ class _KeyPathError(ValueError):
 
 
 def _unknown(value: str, valid: tuple[str, ...] | list[str], what: str) -> str:
-    close = difflib.get_close_matches(value, valid, n=1)
+    close = difflib.get_close_matches(value, valid, n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown {what} {value!r}{hint}; valid: {', '.join(valid)}"
 

@@ -103,7 +103,8 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
     trained_from = params.model_dump(mode="json", include={"data", "augment", "model", "train"})
     run_key = params_hash({**trained_from, "dataset": data_fingerprint(data_root)})
     scratch = paths.train_scratch / run_key
-    resume_from = scratch / "last.ckpt"
+    checkpoints = scratch / "checkpoints"
+    resume_from = checkpoints / "last.ckpt"
     if not (params.train.resume and resume_from.is_file()):
         shutil.rmtree(scratch, ignore_errors=True)
         resume_from = None
@@ -111,7 +112,7 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
     run_id_file = scratch / "mlflow_run_id"
     previous_run = run_id_file.read_text().strip() if resume_from and run_id_file.is_file() else None
 
-    checkpoint = ModelCheckpoint(dirpath=scratch, filename="best", monitor=family.monitor,
+    checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=family.monitor,
                                  mode=family.monitor_mode, save_last=True, save_top_k=1,
                                  auto_insert_metric_name=False)
     history = EpochHistory(paths.train_curves_csv)
@@ -125,7 +126,7 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
             return {}
         paths.models.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(checkpoint.best_model_path, paths.best_checkpoint)
-        shutil.copyfile(scratch / "last.ckpt", paths.last_checkpoint)
+        shutil.copyfile(checkpoints / "last.ckpt", paths.last_checkpoint)
         save_curves(paths.train_curves_png, history.rows)
         summary = {
             "task": family.name,

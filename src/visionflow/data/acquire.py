@@ -118,8 +118,13 @@ def extract_archive(archive: Path, target: Path) -> None:
         tf.extractall(target, members=members, filter="data")
 
 
-def _strip_single_top_folder(folder: Path) -> Path:
-    """Archives often wrap everything in one folder: use that folder as the dataset root."""
+def _dataset_root(folder: Path, source: DatasetSource) -> Path:
+    """Archives often wrap a COCO dataset in one folder: then that folder is the root.
+
+    Image folders keep their layout (a single subfolder may be a class).
+    """
+    if source.format != "coco" or any(folder.glob("*.json")):
+        return folder
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
 
@@ -174,7 +179,7 @@ def acquire_dataset(name: str, source: DatasetSource, raw_dir: Path, cache_dir: 
         else:
             raise AcquireError(f"dataset {name}: {fetched.name} is neither a folder nor an archive "
                                f"({', '.join(ARCHIVE_SUFFIXES)})")
-        content = _strip_single_top_folder(staging / "content")
+        content = _dataset_root(staging / "content", source)
         counts = check_format(content, source, name)
         target = raw_dir / name
         shutil.rmtree(target, ignore_errors=True)

@@ -15,7 +15,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "augment": ("{task}.data", "{task}.augment", "{task}.train.seed"),
     "train": ("{task}.data", "{task}.augment", "{task}.model", "{task}.train", "trainer"),
     "evaluate": ("{task}.data", "{task}.evaluate", "trainer.accelerator"),
-    "register": ("{task}.register", "tracking"),
+    "register": ("{task}.data", "{task}.register", "tracking"),
 }
 
 

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny params and a throwaway copy of the project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TINY_OVERRIDES = {
+    "segmentation": {
+        "synth": {"splits": {"train": 16, "val": 4, "test": 4}, "image_size": 32,
+                  "min_radius": 4.0, "max_radius": 9.0},
+        "model": {"channels": [4, 8]},
+        "train": {"epochs": 1, "batch_size": 8},
+        "evaluate": {"overlays": 2},
+    },
+    "trainer": {"accelerator": "cpu", "progress_bar": False},
+}
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) and key in base else value
+    return out
+
+
+def tiny_params_dict(**extra: dict) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    return merge(merge(params, TINY_OVERRIDES), extra)
+
+
+@pytest.fixture
+def tiny_params():
+    from visionflow.config import parse_params
+
+    return parse_params(tiny_params_dict())
+
+
+@pytest.fixture
+def project_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment for commands run in a temp project: its own MLflow, Prefect and DVC state."""
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_HOME": str(tmp_path / ".cache" / "prefect"),
+        "PREFECT_SERVER_UI_STATIC_DIRECTORY": str(tmp_path / ".cache" / "prefect" / "ui"),
+        "DVC_SITE_CACHE_DIR": str(tmp_path / ".cache" / "dvc-site"),
+        "TQDM_DISABLE": "1",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, project_env: dict[str, str]) -> Path:
+    """A copy of the project's pipeline (dvc.yaml, tiny params.yaml) in a git + DVC repo."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    # dvc.yaml names code deps under src/: point them at the real package.
+    (project / "src").symlink_to(REPO / "src")
+
+    def run(*command: str) -> None:
+        subprocess.run(command, cwd=project, env=project_env, check=True, capture_output=True)
+
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "test@example.com")
+    run("git", "config", "user.name", "visionflow tests")
+    run(str(BIN / "dvc"), "init", "-q")
+    shutil.copy(REPO / ".dvc" / "config", project / ".dvc" / "config")
+    return project

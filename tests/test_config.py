@@ -1,0 +1,87 @@
+"""Params: errors name the key path; dvc.yaml declares exactly what the stages read."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from conftest import REPO, tiny_params_dict
+from visionflow.config import ConfigError, load_params, parse_params
+from visionflow.stages import STAGE_PARAMS, TASK_STAGES, stage_params
+
+
+def error_for(**overrides) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_params(tiny_params_dict(**overrides))
+    return str(caught.value)
+
+
+def test_the_project_params_load():
+    params = load_params(REPO / "params.yaml")
+    assert params.tasks == ["segmentation"]
+    assert params.segmentation.registry.model_name == "visionflow-segmentation"
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"segmentation": {"train": {"lr": -1}}}, "segmentation.train.lr: must be > 0"),
+    ({"segmentation": {"train": {"epochs": "many"}}}, "segmentation.train.epochs: input should be a valid integer"),
+    ({"segmentation": {"train": {"lrate": 0.1}}}, "segmentation.train.lrate: unknown key 'lrate' (did you mean 'lr'?)"),
+    ({"segmentation": {"modle": {}}}, "segmentation.modle: unknown key 'modle' (did you mean 'model'?)"),
+    ({"trainer": {"devices": "two"}}, "trainer.devices: must be 'auto', a device count"),
+    ({"segmentation": {"synth": {"classes": ["circle", "hexagn"]}}}, "segmentation.synth.classes: unknown shape 'hexagn'"),
+    ({"segmentation": {"synth": {"min_objects": 5, "max_objects": 2}}}, "segmentation.synth: min_objects must be <= max_objects"),
+    ({"segmentation": {"augment": [{"name": "HorizontalFlip", "prob": 0.5}]}}, "segmentation.augment[0].prob: unknown key"),
+    ({"acquire": {"datasets": {"real": {"url": "https://example.com/x.tar.gz"}}}}, "acquire.datasets.real: sha256 is required for a url"),
+    ({"tasks": ["segmentaton"]}, "tasks[0]: unknown task family 'segmentaton' (did you mean 'segmentation'?)"),
+])
+def test_bad_values_name_the_key(overrides, expected):
+    assert expected in error_for(**overrides)
+
+
+def test_every_error_is_reported_at_once():
+    message = error_for(segmentation={"train": {"lr": 0, "batch_size": 0}})
+    assert "segmentation.train.lr" in message and "segmentation.train.batch_size" in message
+
+
+def test_unreadable_and_non_yaml_files_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml: cannot read"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tasks: [segmentation\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_params(bad)
+
+
+def _lookup(tree: dict, dotted: str) -> object:
+    node = tree
+    for part in dotted.split("."):
+        assert isinstance(node, dict) and part in node, f"{dotted} missing from params.yaml"
+        node = node[part]
+    return node
+
+
+def test_dvc_yaml_declares_exactly_the_params_each_stage_reads():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(dvc) == {"acquire", *TASK_STAGES}
+    for stage, definition in dvc.items():
+        body = definition.get("do", definition)
+        declared = [key.replace("${item}", "{task}") for key in body["params"]]
+        assert tuple(declared) == STAGE_PARAMS[stage], stage
+        for task in params["tasks"] if "foreach" in definition else [None]:
+            for key in stage_params(stage, task):
+                _lookup(params, key)
+
+
+def test_dvc_yaml_paths_match_the_code():
+    from visionflow.paths import RAW_DIR, TaskPaths
+
+    dvc_text = (REPO / "dvc.yaml").read_text()
+    paths = TaskPaths("${item}")
+    for path in (paths.synthetic, paths.augment_preview, paths.augment_check, paths.best_checkpoint,
+                 paths.last_checkpoint, paths.train_summary, paths.train_curves_csv,
+                 paths.train_curves_png, paths.metrics, paths.eval_plots, paths.eval_reports,
+                 paths.registered, RAW_DIR):
+        assert re.search(rf"- {re.escape(path.as_posix())}(:|$)", dvc_text, re.MULTILINE), path

@@ -1,0 +1,51 @@
+"""The Prefect flow runs the stages, shows them as task runs, and leaves dvc.lock up to date."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import BIN, REPO
+
+# Runs the flow in Prefect's ephemeral mode, then asks the same (still running)
+# server what it recorded, as the Prefect UI would.
+RUN_AND_REPORT = """
+import asyncio, json, sys
+sys.path.insert(0, {pipelines!r})
+from flow import visionflow_pipeline
+from prefect.client.orchestration import get_client
+
+visionflow_pipeline(params_file={params!r})
+
+async def report():
+    async with get_client() as client:
+        flow_runs = await client.read_flow_runs()
+        task_runs = await client.read_task_runs()
+        return {{"flow_runs": [[r.name, r.state_type.value] for r in flow_runs],
+                "task_runs": {{r.name: r.state_type.value for r in task_runs}}}}
+
+print("REPORT" + json.dumps(asyncio.run(report())))
+"""
+
+
+def test_flow_runs_stages_as_task_runs_and_leaves_dvc_clean(tiny_project: Path, project_env: dict):
+    script = RUN_AND_REPORT.format(pipelines=str(REPO / "pipelines"),
+                                   params=str(tiny_project / "params.yaml"))
+    result = subprocess.run([sys.executable, "-c", script], cwd=tiny_project, env=project_env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = json.loads(result.stdout.split("REPORT", 1)[1])
+    assert [state for _, state in report["flow_runs"]] == ["COMPLETED"]
+    expected = {"acquire"} | {f"{stage}@segmentation" for stage in
+                              ("synthesize", "augment", "train", "evaluate", "register")}
+    assert report["task_runs"] == {name: "COMPLETED" for name in expected}
+    assert json.loads((tiny_project / "metrics/segmentation.json").read_text())["mIoU"] >= 0
+
+    status = subprocess.run([str(BIN / "dvc"), "status"], cwd=tiny_project, env=project_env,
+                            capture_output=True, text=True)
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout + status.stderr
+    repro = subprocess.run([str(BIN / "dvc"), "repro"], cwd=tiny_project, env=project_env,
+                           capture_output=True, text=True)
+    assert "Running stage" not in repro.stdout, repro.stdout

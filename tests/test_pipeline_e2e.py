@@ -1,0 +1,73 @@
+"""The whole pipeline through the real CLI, in a throwaway copy of the project."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from conftest import BIN
+
+
+def dvc(project: Path, env: dict, *args: str) -> str:
+    result = subprocess.run([str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path, project_env: dict):
+    out = dvc(tiny_project, project_env, "repro")
+    assert stages_run(out) == {"acquire", "synthesize@segmentation", "augment@segmentation",
+                               "train@segmentation", "evaluate@segmentation", "register@segmentation"}
+
+    metrics = json.loads((tiny_project / "metrics/segmentation.json").read_text())
+    assert 0.0 <= metrics["mIoU"] <= 1.0 and set(metrics["iou"]) == {
+        "background", "circle", "square", "triangle"}
+    for produced in ("models/segmentation/best.ckpt", "models/segmentation/last.ckpt",
+                     "reports/segmentation/augment.png", "reports/segmentation/curves.png",
+                     "reports/segmentation/eval/overlays.png", "reports/segmentation/eval/confusion.png",
+                     "plots/segmentation/train.csv"):
+        assert (tiny_project / produced).is_file(), produced
+    registered = json.loads((tiny_project / "models/segmentation/registered.json").read_text())
+    assert registered["version"] == "1" and registered["alias_moved"]
+
+    shown = dvc(tiny_project, project_env, "metrics", "show", "--json")
+    assert "mIoU" in shown
+
+    # MLflow: one experiment for the family, one tagged run per stage, evaluate nested in train.
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tiny_project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("visionflow-segmentation")
+    runs = client.search_runs([experiment.experiment_id])
+    by_stage = {run.data.tags["visionflow.stage"]: run for run in runs}
+    assert set(by_stage) == {"synthesize", "augment", "train", "evaluate", "register"}
+    train_run = by_stage["train"]
+    assert by_stage["evaluate"].data.tags["mlflow.parentRunId"] == train_run.info.run_id
+    assert "test/mIoU" in by_stage["evaluate"].data.metrics
+    assert "val_mIoU" in train_run.data.metrics
+    assert train_run.data.params["segmentation.train.lr"] == "0.006"
+    for run in runs:
+        assert run.data.tags["visionflow.dvc_stage"].endswith("@segmentation")
+        assert len(run.data.tags["visionflow.params_hash"]) == 12
+    champion = client.get_model_version_by_alias("visionflow-segmentation", "champion")
+    assert str(champion.version) == "1"
+
+    # Nothing changed: nothing runs.
+    assert "Data and pipelines are up to date" in dvc(tiny_project, project_env, "status")
+
+    # A segmentation training param reruns exactly train, evaluate and register.
+    params_file = tiny_project / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["segmentation"]["train"]["lr"] = 0.003
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(tiny_project, project_env, "repro")
+    assert stages_run(out) == {"train@segmentation", "evaluate@segmentation", "register@segmentation"}

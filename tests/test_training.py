@@ -1,0 +1,94 @@
+"""Training reproduces bit for bit, resumes after an interruption, and stops on a non-finite loss."""
+
+from __future__ import annotations
+
+import json
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from visionflow.paths import TaskPaths
+from visionflow.tasks import get_task
+from visionflow.tasks.lightning_base import NonFiniteLossError
+from visionflow.training import train_task
+
+
+class Interrupt(RuntimeError):
+    pass
+
+
+class CountBatches(Callback):
+    def __init__(self):
+        self.batches = 0
+
+    def on_train_batch_end(self, *args):
+        self.batches += 1
+
+
+class InterruptAtEpoch(Callback):
+    """Simulates a killed run: raises when ``epoch`` starts (earlier epochs are checkpointed)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == self.epoch:
+            raise Interrupt(f"interrupted at epoch {self.epoch}")
+
+
+@pytest.fixture
+def setup(tiny_params, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    family = get_task("segmentation")
+    params = tiny_params.segmentation
+    params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 2})})
+    paths = TaskPaths("segmentation", tmp_path)
+    family.synthesize(params, paths.synthetic, progress=False)
+    return family, params, tiny_params, paths
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_interrupted_training_resumes_from_last_checkpoint(setup):
+    family, params, all_params, paths = setup
+    with pytest.raises(Interrupt):
+        train_task(family, params, all_params.trainer, all_params.tracking, paths,
+                   extra_callbacks=[InterruptAtEpoch(1)])
+    assert not paths.best_checkpoint.exists()  # nothing half-written into models/
+    counter = CountBatches()
+    summary = train_task(family, params, all_params.trainer, all_params.tracking, paths,
+                         extra_callbacks=[counter])
+    steps_per_epoch = summary["global_steps"] // 2
+    assert counter.batches == steps_per_epoch  # only the second epoch ran again
+    assert summary["resumed_from"].endswith("last.ckpt") and summary["epochs"] == 2
+    rows = paths.train_curves_csv.read_text().strip().splitlines()
+    assert len(rows) == 1 + 2  # header + both epochs, the first from before the interruption
+
+    # The MLflow run of the interrupted attempt continues: one train run, two epochs logged.
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["visionflow-segmentation"],
+                              filter_string="tags.`visionflow.stage` = 'train'")
+    assert len(runs) == 1
+    history = mlflow.MlflowClient().get_metric_history(runs.iloc[0].run_id, "val_mIoU")
+    assert [m.step for m in history] == [1, 2]
+
+
+def test_same_seed_same_weights_and_fresh_rerun(setup):
+    family, params, all_params, paths = setup
+    first = train_task(family, params, all_params.trainer, all_params.tracking, paths)
+    first_weights = weights(paths.last_checkpoint)
+    second = train_task(family, params, all_params.trainer, all_params.tracking, paths)
+    assert second["resumed_from"] is None  # a finished run is not resumed: it trains again
+    for name, value in weights(paths.last_checkpoint).items():
+        assert torch.equal(value, first_weights[name]), name
+    assert json.loads(paths.train_summary.read_text())["best_score"] == first["best_score"]
+
+
+def test_non_finite_loss_stops_with_the_loss_values(setup):
+    family, params, all_params, paths = setup
+    params = params.model_copy(update={"train": params.train.model_copy(update={"lr": 1e30})})
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss .*'cross_entropy'"):
+        train_task(family, params, all_params.trainer, all_params.tracking, paths)
