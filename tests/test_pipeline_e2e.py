@@ -61,6 +61,16 @@ def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path
     champion = client.get_model_version_by_alias("visionflow-segmentation", "champion")
     assert str(champion.version) == "1"
 
+    # The registered champion predicts exactly what the checkpoint does.
+    image = tiny_project / "data/synthetic/segmentation/images/test/000000.png"
+    for model, out in (("models:/visionflow-segmentation@champion", "from_registry"),
+                       ("models/segmentation/best.ckpt", "from_checkpoint")):
+        subprocess.run([str(BIN / "visionflow"), "predict", "--task", "segmentation", "--model", model,
+                        "--out", out, str(image)], cwd=tiny_project, env=project_env, check=True,
+                       capture_output=True)
+    assert (tiny_project / "from_registry/000000_labels.png").read_bytes() == \
+        (tiny_project / "from_checkpoint/000000_labels.png").read_bytes()
+
     # Nothing changed: nothing runs.
     assert "Data and pipelines are up to date" in dvc(tiny_project, project_env, "status")
 

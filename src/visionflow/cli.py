@@ -34,8 +34,36 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in TASK_STAGES:
         stage_parser = sub.add_parser(stage, help=STAGE_HELP[stage])
         stage_parser.add_argument("--task", required=True, help="task family, e.g. segmentation")
+    predict = sub.add_parser("predict", help="run a trained model on your own files")
+    predict.add_argument("--task", required=True)
+    predict.add_argument("--model", help="a checkpoint (default: models/<task>/best.ckpt) or an "
+                         "MLflow model URI such as models:/visionflow-<task>@champion")
+    predict.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+    predict.add_argument("inputs", nargs="+", type=Path, help="input files (e.g. images)")
     sub.add_parser("check-params", help="validate the params file and print the enabled tasks")
     return parser
+
+
+def run_predict(params, root: Path, args: argparse.Namespace) -> dict:
+    from visionflow.paths import TaskPaths
+    from visionflow.stages.evaluate import pick_device
+    from visionflow.tasks import get_task
+
+    family, paths = get_task(args.task), TaskPaths(args.task, root)
+    model_ref = args.model or str(paths.best_checkpoint)
+    if "://" in model_ref or model_ref.startswith("models:/"):
+        import mlflow
+
+        from visionflow.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri(params.tracking, root))
+        model = mlflow.pytorch.load_model(model_ref)
+    else:
+        module = family.load_module(Path(model_ref))
+        model = family.export(module, paths.data_root(params.task(args.task).data.source)).module
+    written = family.predict(model, args.inputs, args.out,
+                             pick_device(params.trainer.accelerator))
+    return {"model": model_ref, "written": [str(p) for p in written]}
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -58,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(params_path)
         if args.command == "check-params":
             print(json.dumps({"tasks": params.tasks}))
+            return 0
+        if args.command == "predict":
+            print(json.dumps(run_predict(params, root, args), indent=2))
             return 0
         stage = importlib.import_module(f"visionflow.stages.{args.command}")
         if args.command == "acquire":

@@ -80,3 +80,12 @@ class TaskFamily(ABC):
     @abstractmethod
     def export(self, module: "L.LightningModule", data_root: Path) -> ExportedModel:
         ...
+
+    def predict(self, model: "torch.nn.Module", inputs: list[Path], out_dir: Path,
+                device: "torch.device") -> list[Path]:
+        """Run an exported model (``export().module`` or its MLflow-logged copy) on user files.
+
+        Writes results into ``out_dir`` and returns the written paths. ``visionflow predict``
+        calls this with a checkpoint or a ``models:/name@alias`` URI resolved to that module.
+        """
+        raise NotImplementedError(f"task family {self.name!r} has no predict yet")

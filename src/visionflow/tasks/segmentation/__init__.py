@@ -88,3 +88,8 @@ class Segmentation(TaskFamily):
         example = torch.stack([test[i % len(test)][0] for i in range(2)]).numpy()
         return ExportedModel(module.net.eval(), example, (-1, 3, -1, -1),
                              (-1, len(module.class_names), -1, -1))
+
+    def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device") -> list[Path]:
+        from visionflow.tasks.segmentation.predict import predict_masks
+
+        return predict_masks(model, inputs, out_dir, device)
