@@ -7,6 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import BIN
@@ -25,8 +26,9 @@ def stages_run(output: str) -> set[str]:
 
 def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path, project_env: dict):
     out = dvc(tiny_project, project_env, "repro")
-    assert stages_run(out) == {"acquire", "synthesize@segmentation", "augment@segmentation",
-                               "train@segmentation", "evaluate@segmentation", "register@segmentation"}
+    tasks = yaml.safe_load((tiny_project / "params.yaml").read_text())["tasks"]
+    assert stages_run(out) == {"acquire"} | {f"{stage}@{task}" for task in tasks for stage in
+                                             ("synthesize", "augment", "train", "evaluate", "register")}
 
     metrics = json.loads((tiny_project / "metrics/segmentation.json").read_text())
     assert 0.0 <= metrics["mIoU"] <= 1.0 and set(metrics["iou"]) == {
@@ -70,6 +72,16 @@ def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path
                        capture_output=True)
     assert (tiny_project / "from_registry/000000_labels.png").read_bytes() == \
         (tiny_project / "from_checkpoint/000000_labels.png").read_bytes()
+    if "pose" in tasks:  # crops in, keypoints out: the registered copy (torch.export) agrees too
+        image = tiny_project / "data/synthetic/pose/images/test/000000.png"
+        for model, out in (("models:/visionflow-pose@champion", "pose_registry"),
+                           ("models/pose/best.ckpt", "pose_checkpoint")):
+            subprocess.run([str(BIN / "visionflow"), "predict", "--task", "pose", "--model", model,
+                            "--out", out, str(image)], cwd=tiny_project, env=project_env, check=True,
+                           capture_output=True)
+        registry = json.loads((tiny_project / "pose_registry/000000_keypoints.json").read_text())
+        checkpoint = json.loads((tiny_project / "pose_checkpoint/000000_keypoints.json").read_text())
+        assert registry[0]["keypoints"] == pytest.approx(checkpoint[0]["keypoints"], abs=1e-3)
 
     # Nothing changed: nothing runs.
     assert "Data and pipelines are up to date" in dvc(tiny_project, project_env, "status")
