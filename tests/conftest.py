@@ -22,6 +22,13 @@ TINY_OVERRIDES = {
         "train": {"epochs": 1, "batch_size": 8},
         "evaluate": {"overlays": 2},
     },
+    "pose": {
+        "synth": {"splits": {"train": 8, "val": 4, "test": 4}, "image_size": 64, "min_height": 24.0,
+                  "max_height": 48.0},
+        "model": {"channels": [4, 8, 8]},
+        "train": {"epochs": 1, "batch_size": 8},
+        "evaluate": {"overlays": 2},
+    },
     "trainer": {"accelerator": "cpu", "progress_bar": False},
 }
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-TASK_FAMILIES = ("segmentation",)
+TASK_FAMILIES = ("segmentation", "pose")
 
 
 class ConfigError(ValueError):
@@ -217,6 +217,136 @@ class SegmentationParams(Strict):
     registry: RegisterParams = Field(alias="register")
 
 
+# --- pose ---------------------------------------------------------------------------------
+
+
+class FigureSynthParams(Strict):
+    """The articulated-figure scene generator (``data/synth/figures.py``)."""
+
+    seed: int = 0
+    splits: dict[Literal["train", "val", "test"], int] = Field(
+        default_factory=lambda: {"train": 1500, "val": 100, "test": 200})
+    figure: str = "person"  # a figure model with a declared skeleton (data/synth/figures.py FIGURES)
+    image_size: int = Field(128, ge=32, le=1024)
+    min_figures: int = Field(1, ge=0)
+    max_figures: int = Field(3, ge=0)
+    min_height: float = Field(48.0, gt=0)  # pixels, upright figure
+    max_height: float = Field(100.0, gt=0)
+    max_rotation: float = Field(30.0, ge=0, le=180)  # degrees
+    width_jitter: float = Field(0.15, ge=0, lt=1)
+    truncation_probability: float = Field(0.15, ge=0, le=1)
+    min_keypoints_inside: int = Field(7, ge=1)
+    min_visible_fraction: float = Field(0.5, ge=0, le=1)
+    max_occluders: int = Field(2, ge=0)
+    occluder_probability: float = Field(0.5, ge=0, le=1)
+    max_distractors: int = Field(2, ge=0)
+    occluder_radius: tuple[float, float] = (6.0, 16.0)
+    noise_std: float = Field(6.0, ge=0)
+    texture_probability: float = Field(0.4, ge=0, le=1)
+    blur_probability: float = Field(0.2, ge=0, le=1)
+
+    @field_validator("figure")
+    @classmethod
+    def _known_figure(cls, figure: str) -> str:
+        from visionflow.data.synth.figures import FIGURES
+
+        if figure not in FIGURES:
+            raise ValueError(_unknown(figure, list(FIGURES), "figure"))
+        return figure
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "FigureSynthParams":
+        if self.min_figures > self.max_figures:
+            raise ValueError("min_figures must be <= max_figures")
+        if self.min_height > self.max_height:
+            raise ValueError("min_height must be <= max_height")
+        if not 0 < self.occluder_radius[0] <= self.occluder_radius[1]:
+            raise ValueError("occluder_radius must be [low, high] with 0 < low <= high")
+        if "train" not in self.splits or "test" not in self.splits:
+            raise ValueError("splits needs at least train and test")
+        return self
+
+
+class PoseDataParams(DataParams):
+    """``flip_pairs``: left/right keypoint name pairs that a mirror image swaps. None: the
+    category's ``flip_pairs`` if the dataset has them, else names that differ only by
+    left/right (``left_knee``/``right_knee``)."""
+
+    flip_pairs: list[tuple[str, str]] | None = None
+
+
+class PoseModelParams(Strict):
+    """Top-down: each object is cropped from its box (with margin, fixed aspect) and resized."""
+
+    head: Literal["heatmap", "regression"] = "heatmap"
+    crop_height: int = Field(64, ge=16)
+    crop_width: int = Field(48, ge=16)
+    box_margin: float = Field(1.25, ge=1.0)  # the crop spans this times the box's longer side
+    channels: list[int] = Field(default_factory=lambda: [24, 48, 96], min_length=3, max_length=3)
+    heatmap_stride: Literal[2, 4] = 2  # heatmap cells per crop pixel: 1/2 or 1/4 resolution
+    sigma: float = Field(1.5, gt=0)  # Gaussian target width in heatmap cells
+    # mse: heatmaps regress Gaussians (peak = score); cross_entropy: each map is a spatial softmax
+    # trained against the normalised Gaussian
+    heatmap_loss: Literal["mse", "cross_entropy"] = "mse"
+    decode: Literal["taylor", "argmax"] = "taylor"  # sub-pixel Newton step on the log heatmap, or none
+    modulate: bool = False  # smooth predicted heatmaps (DARK) before the Taylor step
+
+    @field_validator("channels")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values):
+            raise ValueError("every entry must be >= 1")
+        return values
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "PoseModelParams":
+        if self.crop_height % 8 or self.crop_width % 8:
+            raise ValueError("crop_height and crop_width must be multiples of 8 (three stride-2 levels)")
+        return self
+
+
+class PoseTrainParams(OptimParams):
+    pass
+
+
+class PoseEvaluateParams(EvaluateParams):
+    """OKS sigmas: a list in keypoint order or a mapping by keypoint name. None: COCO's person
+    sigmas for COCO's 17 person keypoints, else 0.05 for every keypoint (with a warning)."""
+
+    boxes: Literal["ground_truth", "detection"] = "ground_truth"
+    sigmas: list[float] | dict[str, float] | None = None
+    pck_thresholds: list[float] = Field(default_factory=lambda: [0.05, 0.1], min_length=1)
+    max_dets: int = Field(20, ge=1)
+    keypoint_score_threshold: float = Field(0.2, ge=0, le=1)  # keypoints that count in an instance's score
+    detection_min_score: float = Field(0.05, ge=0, le=1)  # boxes: detection only
+    detection_classes: list[int] | None = None  # detection class ids taken as figures; None: all
+
+    @field_validator("sigmas")
+    @classmethod
+    def _positive_sigmas(cls, sigmas: Any) -> Any:
+        values = sigmas.values() if isinstance(sigmas, dict) else sigmas or []
+        if any(v <= 0 for v in values):
+            raise ValueError("every sigma must be > 0")
+        return sigmas
+
+    @field_validator("pck_thresholds")
+    @classmethod
+    def _positive_thresholds(cls, values: list[float]) -> list[float]:
+        if any(v <= 0 for v in values):
+            raise ValueError("every threshold must be > 0")
+        return values
+
+
+class PoseParams(Strict):
+    synth: FigureSynthParams = Field(default_factory=FigureSynthParams)
+    data: PoseDataParams = Field(default_factory=PoseDataParams)
+    augment: list[TransformSpec] = Field(default_factory=list)
+    model: PoseModelParams = Field(default_factory=PoseModelParams)
+    train: PoseTrainParams
+    evaluate: PoseEvaluateParams = Field(default_factory=PoseEvaluateParams)
+    registry: RegisterParams = Field(alias="register")
+
+
 # --- the whole file -----------------------------------------------------------------------
 
 
@@ -226,6 +356,7 @@ class Params(Strict):
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     acquire: AcquireParams = Field(default_factory=AcquireParams)
     segmentation: SegmentationParams | None = None
+    pose: PoseParams | None = None
 
     @model_validator(mode="after")
     def _enabled_tasks_configured(self) -> "Params":

@@ -111,3 +111,39 @@ def save_curves(path: Path, rows: Sequence[dict[str, float]], x: str = "epoch") 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, skeleton: Sequence[tuple[int, int]],
+                   colour: tuple[int, int, int] = (0, 255, 0), min_score: float = 0.0,
+                   flip_index: Sequence[int] | None = None, scale: int = 1,
+                   visibility: bool = False) -> np.ndarray:
+    """Skeleton overlay: limbs as lines, keypoints as dots, on a copy upscaled by ``scale``.
+
+    image: uint8 (H, W, 3); keypoints: float (K, 3) x, y in image pixels and a score
+    (drawn where > ``min_score``), or with ``visibility`` COCO's v (drawn where v > 0,
+    hollow where v == 1: labelled but occluded); skeleton: 0-based index pairs. With ``flip_index``, a
+    keypoint's left/right side is marked: the lower index of a mirror pair is drawn in
+    ``colour``, its partner in the complementary colour, midline points in white.
+    """
+    out = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) if scale != 1 \
+        else image.copy()
+    keypoints = np.asarray(keypoints, np.float64)
+    shown = keypoints[:, 2] > min_score
+    other = tuple(255 - c for c in colour)
+
+    def point(k: int) -> tuple[int, int]:
+        return (int(round((keypoints[k, 0] + 0.5) * scale - 0.5)),
+                int(round((keypoints[k, 1] + 0.5) * scale - 0.5)))
+
+    for a, b in skeleton:
+        if shown[a] and shown[b]:
+            cv2.line(out, point(a), point(b), colour, max(1, scale // 2), cv2.LINE_AA)
+    radius = max(2, scale + 1)
+    for k in np.flatnonzero(shown):
+        dot = colour
+        if flip_index is not None:
+            partner = flip_index[k]
+            dot = (255, 255, 255) if partner == k else colour if k < partner else other
+        hollow = visibility and keypoints[k, 2] == 1
+        cv2.circle(out, point(k), radius, dot, 1 if hollow else -1, cv2.LINE_AA)
+    return out

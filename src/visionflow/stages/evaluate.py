@@ -32,7 +32,7 @@ def run(params: Params, task: str, root: Path) -> dict:
     family, section, paths = get_task(task), params.task(task), TaskPaths(task, root)
     train_summary = read_json(paths.train_summary, f"train --task {task}")
     module = family.load_module(paths.best_checkpoint)
-    out = EvalOutputs(plots_dir=paths.eval_plots, reports_dir=paths.eval_reports)
+    out = EvalOutputs(plots_dir=paths.eval_plots, reports_dir=paths.eval_reports, project_root=root)
     metrics = family.evaluate(section, module, paths.data_root(section.data.source), out,
                               pick_device(params.trainer.accelerator))
     if family.primary_metric not in metrics:

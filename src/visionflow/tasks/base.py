@@ -26,6 +26,7 @@ class EvalOutputs:
 
     plots_dir: Path  # CSV/JSON curves for ``dvc plots``
     reports_dir: Path  # PNG images for people
+    project_root: Path = Path(".")  # for families that read another family's outputs (models/<task>/)
 
 
 @dataclass(frozen=True)
