@@ -331,3 +331,33 @@ def test_detection_boxes_need_the_detection_model(figures_dataset, tmp_path):
         family.evaluate(params, module, figures_dataset,
                         EvalOutputs(tmp_path / "plots", tmp_path / "reports", project_root=tmp_path),
                         torch.device("cpu"))
+
+
+def test_flip_test_makes_predictions_mirror_equivariant():
+    # Averaging a crop's maps with its mirror's makes the prediction for a mirrored crop the
+    # mirror (x -> W - 1 - x, left/right swapped) of the prediction for the crop.
+    from visionflow.models.pose import KeypointPredictor, PoseNet
+
+    torch.manual_seed(0)
+    flip_index = [0, 2, 1, 4, 3]
+    net = PoseNet(5, (32, 24), "heatmap", (4, 8, 8), 2).eval()
+    predictor = KeypointPredictor(net, flip_index=flip_index, flip_test=True)
+    crops = torch.rand(3, 3, 32, 24)
+    with torch.no_grad():
+        direct = predictor(crops)
+        mirrored = predictor(torch.flip(crops, dims=[3]))
+    expected = direct[:, flip_index].clone()
+    expected[..., 0] = 24 - 1 - expected[..., 0]
+    assert mirrored == pytest.approx(expected, abs=1e-4)
+
+
+def test_predict_without_detection_takes_the_whole_image(figures_dataset, tmp_path):
+    params = parse_params(tiny_params_dict()).pose
+    family = get_task("pose")
+    module = family.module(params, family.datamodule(params, figures_dataset, TrainerParams())).eval()
+    exported = family.export(module, figures_dataset)
+    image = figures_dataset / "images" / "test" / "000000.png"
+    written = family.predict(exported.module, [image], tmp_path / "out", torch.device("cpu"))
+    assert sorted(p.name for p in written) == ["000000_keypoints.json", "000000_overlay.png"]
+    (result,) = json.loads((tmp_path / "out" / "000000_keypoints.json").read_text())
+    assert result["bbox"] == [0.0, 0.0, 64.0, 64.0] and len(result["keypoints"]) == 3 * 14

@@ -284,12 +284,14 @@ class PoseModelParams(Strict):
     box_margin: float = Field(1.25, ge=1.0)  # the crop spans this times the box's longer side
     channels: list[int] = Field(default_factory=lambda: [24, 48, 96], min_length=3, max_length=3)
     heatmap_stride: Literal[2, 4] = 2  # heatmap cells per crop pixel: 1/2 or 1/4 resolution
+    decoder: Literal["concat", "add"] = "concat"  # skip fusion: concat + two convs, or 1x1 + add + one conv
     sigma: float = Field(1.5, gt=0)  # Gaussian target width in heatmap cells
     # mse: heatmaps regress Gaussians (peak = score); cross_entropy: each map is a spatial softmax
     # trained against the normalised Gaussian
     heatmap_loss: Literal["mse", "cross_entropy"] = "mse"
     decode: Literal["taylor", "argmax"] = "taylor"  # sub-pixel Newton step on the log heatmap, or none
     modulate: bool = False  # smooth predicted heatmaps (DARK) before the Taylor step
+    flip_test: bool = False  # average each crop's heatmaps with its mirror's (evaluation and export)
 
     @field_validator("channels")
     @classmethod

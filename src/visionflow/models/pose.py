@@ -51,25 +51,43 @@ class PoseEncoder(nn.Module):
 
 
 class HeatmapHead(nn.Module):
-    """Upsample 1/8 -> 1/4 (-> 1/2) with skips; 1x1 conv to K heatmaps."""
+    """Upsample 1/8 -> 1/4 (-> 1/2) with skips; 1x1 conv to K heatmaps.
 
-    def __init__(self, channels: tuple[int, int, int], num_keypoints: int, stride: Literal[2, 4] = 2):
+    ``decoder="concat"``: each level concatenates the upsampled and the skip features and
+    applies two 3x3 convs; ``"add"`` (cheaper): a 1x1 conv brings the upsampled features to
+    the skip's width, adds them, and one 3x3 conv follows (FPN-style).
+    """
+
+    def __init__(self, channels: tuple[int, int, int], num_keypoints: int, stride: Literal[2, 4] = 2,
+                 decoder: Literal["concat", "add"] = "concat"):
         super().__init__()
         if stride not in (2, 4):
             raise ValueError(f"heatmap stride must be 2 or 4, got {stride}")
+        if decoder not in ("concat", "add"):
+            raise ValueError(f"decoder must be 'concat' or 'add', got {decoder!r}")
         c1, c2, c3 = channels
-        self.stride = stride
-        self.up2 = nn.Sequential(conv_bn_relu(c3 + c2, c2), conv_bn_relu(c2, c2))
-        self.up1 = nn.Sequential(conv_bn_relu(c2 + c1, c1), conv_bn_relu(c1, c1)) if stride == 2 else None
+        self.stride, self.decoder = stride, decoder
+        self.up2 = self._level(c3, c2, decoder)
+        self.up1 = self._level(c2, c1, decoder) if stride == 2 else None
         self.out = nn.Conv2d(c1 if stride == 2 else c2, num_keypoints, 1)
+
+    @staticmethod
+    def _level(coarse: int, fine: int, decoder: str) -> nn.ModuleDict:
+        if decoder == "concat":
+            return nn.ModuleDict({"fuse": nn.Sequential(conv_bn_relu(coarse + fine, fine), conv_bn_relu(fine, fine))})
+        return nn.ModuleDict({"lateral": nn.Conv2d(coarse, fine, 1, bias=False), "fuse": conv_bn_relu(fine, fine)})
+
+    def _up(self, level: nn.ModuleDict, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        if self.decoder == "concat":
+            return level["fuse"](torch.cat([up, fine], dim=1))
+        return level["fuse"](level["lateral"](up) + fine)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         f1, f2, f3 = features
-        x = F.interpolate(f3, size=f2.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.up2(torch.cat([x, f2], dim=1))
+        x = self._up(self.up2, f3, f2)
         if self.up1 is not None:
-            x = F.interpolate(x, size=f1.shape[-2:], mode="bilinear", align_corners=False)
-            x = self.up1(torch.cat([x, f1], dim=1))
+            x = self._up(self.up1, x, f1)
         return self.out(x)
 
 
@@ -96,7 +114,8 @@ class PoseNet(nn.Module):
     """crops (N, 3, H, W) -> heatmaps (N, K, H/s, W/s) or regression (N, K, 3) (see module doc)."""
 
     def __init__(self, num_keypoints: int, crop_size: tuple[int, int], head: str = "heatmap",
-                 channels: tuple[int, int, int] = (24, 48, 96), heatmap_stride: Literal[2, 4] = 2):
+                 channels: tuple[int, int, int] = (24, 48, 96), heatmap_stride: Literal[2, 4] = 2,
+                 decoder: Literal["concat", "add"] = "concat"):
         super().__init__()
         if head not in ("heatmap", "regression"):
             raise ValueError(f"head must be 'heatmap' or 'regression', got {head!r}")
@@ -104,7 +123,7 @@ class PoseNet(nn.Module):
             raise ValueError(f"crop size {crop_size} must be multiples of 8")
         self.head_kind, self.crop_size, self.heatmap_stride = head, tuple(crop_size), heatmap_stride
         self.encoder = PoseEncoder(tuple(channels))
-        self.head = (HeatmapHead(tuple(channels), num_keypoints, heatmap_stride) if head == "heatmap"
+        self.head = (HeatmapHead(tuple(channels), num_keypoints, heatmap_stride, decoder) if head == "heatmap"
                      else RegressionHead(tuple(channels), num_keypoints, tuple(crop_size)))
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
@@ -124,15 +143,17 @@ class KeypointPredictor(nn.Module):
     """crops float (N, 3, H, W) in [0, 1] -> keypoints float (N, K, 3): x, y crop pixels, score.
 
     Heatmap scores are the heatmap's peak (about 1 where confident); regression scores
-    the predicted chance that the keypoint is labelled inside the crop.
+    the predicted chance that the keypoint is labelled inside the crop. ``flip_test``
+    (heatmaps only) averages the maps of the crop and of its mirror image.
     """
 
     def __init__(self, net: PoseNet, decode: Literal["taylor", "argmax"] = "taylor",
                  modulate_sigma: float | None = None, skeleton: list[tuple[int, int]] | None = None,
-                 flip_index: list[int] | None = None, heatmap_loss: str = "mse", sigma: float = 1.5):
+                 flip_index: list[int] | None = None, heatmap_loss: str = "mse", sigma: float = 1.5,
+                 flip_test: bool = False):
         super().__init__()
         self.net, self.decode, self.modulate_sigma = net, decode, modulate_sigma
-        self.heatmap_loss, self.sigma = heatmap_loss, sigma
+        self.heatmap_loss, self.sigma, self.flip_test = heatmap_loss, sigma, flip_test
         # What a user of the exported model needs besides the weights, kept as buffers so that
         # they travel with the state (torch.export, MLflow): crop (H, W) int64 (2,), limbs
         # int64 (L, 2) 0-based, mirror partner of each keypoint int64 (K,).
@@ -145,6 +166,11 @@ class KeypointPredictor(nn.Module):
         if self.net.head_kind == "regression":
             return regression_keypoints(output, self.net.crop_size)
         output = output.float()
+        if self.flip_test and self.flip_index.numel():
+            # The mirrored crop's maps, mirrored back, with left and right channels swapped back;
+            # a crop pixel x mirrors to W - 1 - x, which is exactly a flip of the heatmap grid.
+            mirrored = self.net(torch.flip(crops, dims=[3])).float()
+            output = (output + torch.flip(mirrored, dims=[3])[:, self.flip_index]) / 2
         if self.heatmap_loss == "cross_entropy":
             return decode_logit_maps(output, self.net.heatmap_stride, self.sigma, self.decode, self.modulate_sigma)
         return decode_heatmaps(output, self.net.heatmap_stride, self.decode, self.modulate_sigma)

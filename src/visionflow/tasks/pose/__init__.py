@@ -111,9 +111,9 @@ class Pose(TaskFamily):
                              (-1, module.schema.num_keypoints, 3))
 
     def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device") -> list[Path]:
-        from visionflow.tasks.pose.predict import predict_keypoints
+        from visionflow.tasks.pose.predict import predict_keypoints, project_detector
 
-        return predict_keypoints(model, inputs, out_dir, device)
+        return predict_keypoints(model, inputs, out_dir, device, project_detector(device))
 
 
 def _crop_geometry(module: Any):

@@ -66,7 +66,7 @@ class PoseModule(TaskModule):
         self.model_params = dict(model)
         self.crop_size = (model["crop_height"], model["crop_width"])
         self.net = PoseNet(self.schema.num_keypoints, self.crop_size, model["head"],
-                           tuple(model["channels"]), model["heatmap_stride"])
+                           tuple(model["channels"]), model["heatmap_stride"], model["decoder"])
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
@@ -75,7 +75,7 @@ class PoseModule(TaskModule):
         model = self.model_params
         return KeypointPredictor(self.net, model["decode"], model["sigma"] if model["modulate"] else None,
                                  list(self.schema.skeleton), list(self.schema.flip_index),
-                                 model["heatmap_loss"], model["sigma"])
+                                 model["heatmap_loss"], model["sigma"], model["flip_test"])
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         return self.net(crops)

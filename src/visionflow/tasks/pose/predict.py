@@ -30,7 +30,7 @@ def _buffer(model: torch.nn.Module, name: str) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
-def _detector(device: torch.device) -> Any | None:
+def project_detector(device: torch.device) -> Any | None:
     """The detection family's exported model, or None (with a note) when there is none."""
     from visionflow.env import project_root
     from visionflow.paths import TaskPaths
@@ -63,7 +63,8 @@ def _boxes(detector: Any | None, image: np.ndarray, device: torch.device, min_sc
 
 @torch.no_grad()
 def predict_keypoints(model: torch.nn.Module, images: list[Path], out_dir: Path, device: torch.device,
-                      detector: Any | None = ...) -> list[Path]:
+                      detector: Any | None = None) -> list[Path]:
+    """Keypoints of every box (``detector``'s, or the whole image when None) of every image."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device)
     crop_size = _buffer(model, "crop_size")
@@ -76,8 +77,6 @@ def predict_keypoints(model: torch.nn.Module, images: list[Path], out_dir: Path,
     flip_index = _buffer(model, "flip_index")
     skeleton = [tuple(p) for p in skeleton.tolist()] if skeleton is not None else []
     flip_index = flip_index.tolist() if flip_index is not None and flip_index.numel() else None
-    if detector is ...:
-        detector = _detector(device)
     written = []
     for path in images:
         image = read_rgb(path)
