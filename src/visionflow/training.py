@@ -121,7 +121,8 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
         run_id_file.write_text(run.info.run_id)
         trainer = build_trainer(trainer_params, params.train.epochs, scratch,
                                 [checkpoint, history, *extra_callbacks])
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        trainer.fit(module, train_dataloaders=datamodule.train_dataloader(),
+                    val_dataloaders=datamodule.val_dataloader(), ckpt_path=resume_from)
         if not trainer.is_global_zero:
             return {}
         paths.models.mkdir(parents=True, exist_ok=True)
