@@ -140,7 +140,7 @@ class ShapesSynthParams(Strict):
 
     seed: int = 0
     splits: dict[Literal["train", "val", "test"], int] = Field(
-        default_factory=lambda: {"train": 2000, "val": 100, "test": 200})
+        default_factory=lambda: {"train": 4000, "val": 100, "test": 200})
     image_size: int = Field(64, ge=16, le=1024)
     classes: list[str] = Field(default_factory=lambda: ["circle", "square", "triangle"], min_length=1)
     min_objects: int = Field(1, ge=0)
