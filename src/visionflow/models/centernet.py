@@ -1,0 +1,189 @@
+"""CenterNet ("objects as points"): anchor-free detection from per-class centre heatmaps.
+
+Pure torch. An object is the peak of a Gaussian on its class's heatmap at its box
+centre, on a grid of ``stride`` pixels; two more maps regress the box size and
+the sub-cell offset of the centre. Decoding keeps heatmap local maxima (a 3x3
+max-pool replaces box NMS) and reads size and offset there.
+
+Shapes: images ``(N, 3, H, W)`` float in [0, 1]; heatmap ``(N, C, H/s, W/s)``;
+size and offset ``(N, 2, H/s, W/s)`` with (x, y) / (width, height) order, in
+output cells. Boxes are xyxy pixels; labels are class indices 0..C-1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visionflow.models.pyramid import PyramidBackbone
+
+HEATMAP_PRIOR = 0.1  # initial peak probability: keeps the focal loss sane at step 0
+
+
+class CenterNetOutput(NamedTuple):
+    heatmap: torch.Tensor  # (N, C, h, w) logits
+    size: torch.Tensor  # (N, 2, h, w) box width, height in output cells
+    offset: torch.Tensor  # (N, 2, h, w) centre offset within its cell, x and y
+
+
+class CenterNetTargets(NamedTuple):
+    heatmap: torch.Tensor  # (N, C, h, w) in [0, 1], exactly 1 at object centres
+    size: torch.Tensor  # (N, 2, h, w), set at centres
+    offset: torch.Tensor  # (N, 2, h, w), set at centres
+    centres: torch.Tensor  # (N, h, w) bool: where size and offset are supervised
+
+
+def _head(in_channels: int, hidden: int, out_channels: int, bias: float = 0.0) -> nn.Sequential:
+    head = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(inplace=True),
+                         nn.Conv2d(hidden, out_channels, 1))
+    nn.init.constant_(head[-1].bias, bias)
+    return head
+
+
+class CenterNet(nn.Module):
+    """Residual backbone + FPN; heads on the stride-4 level ``p2``, which the pyramid fuses from all."""
+
+    stride = 4
+    size_divisor = 32  # the backbone's coarsest stride: inputs are padded to a multiple of it
+
+    def __init__(self, num_classes: int, channels: Sequence[int] = (24, 48, 96, 160),
+                 blocks: Sequence[int] = (1, 1, 2, 1), fpn_channels: int = 64, head_channels: int = 64):
+        super().__init__()
+        self.num_classes = num_classes
+        self.backbone = PyramidBackbone(channels, blocks, fpn_channels)
+        prior = -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR)
+        self.heatmap = _head(fpn_channels, head_channels, num_classes, bias=prior)
+        self.size = _head(fpn_channels, head_channels, 2)
+        self.offset = _head(fpn_channels, head_channels, 2)
+
+    def forward(self, images: torch.Tensor) -> CenterNetOutput:
+        """images ``(N, 3, H, W)`` in [0, 1], H and W multiples of 32 (see :func:`pad_to_multiple`)."""
+        features = self.backbone((images - 0.5) / 0.25)["p2"]
+        return CenterNetOutput(self.heatmap(features), self.size(features), self.offset(features))
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad ``(N, C, H, W)`` on the bottom and right so H and W are multiples of ``multiple``."""
+    height, width = images.shape[-2:]
+    return F.pad(images, (0, (-width) % multiple, 0, (-height) % multiple))
+
+
+def gaussian_radius(height: torch.Tensor, width: torch.Tensor, min_overlap: float = 0.7) -> torch.Tensor:
+    """CornerNet's radius: the largest corner shift that keeps IoU >= ``min_overlap`` (same units).
+
+    The smallest of three cases' roots (both corners in, one in one out, both out).
+    """
+    a1, b1 = 1.0, height + width
+    c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
+    r1 = (b1 + torch.sqrt(b1**2 - 4 * a1 * c1)) / 2
+    a2, b2 = 4.0, 2 * (height + width)
+    c2 = (1 - min_overlap) * width * height
+    r2 = (b2 + torch.sqrt(b2**2 - 4 * a2 * c2)) / 2
+    a3, b3 = 4 * min_overlap, -2 * min_overlap * (height + width)
+    c3 = (min_overlap - 1) * width * height
+    r3 = (b3 + torch.sqrt(b3**2 - 4 * a3 * c3)) / 2
+    return torch.minimum(torch.minimum(r1, r2), r3)
+
+
+def encode_targets(boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], num_classes: int,
+                   out_size: tuple[int, int], stride: int, min_overlap: float = 0.7) -> CenterNetTargets:
+    """Training targets for a batch.
+
+    boxes[i]: float ``(K_i, 4)`` xyxy pixels; labels[i]: int64 ``(K_i,)`` in 0..C-1;
+    ``out_size``: (h, w) of the output grid. Where objects of one class overlap, the
+    heatmap keeps the larger Gaussian (max), as CenterNet does.
+    """
+    height, width = out_size
+    n = len(boxes)
+    device = boxes[0].device if n else torch.device("cpu")
+    heatmap = torch.zeros(n, num_classes, height, width, device=device)
+    size = torch.zeros(n, 2, height, width, device=device)
+    offset = torch.zeros(n, 2, height, width, device=device)
+    centres = torch.zeros(n, height, width, dtype=torch.bool, device=device)
+    ys = torch.arange(height, device=device, dtype=torch.float32)[:, None]
+    xs = torch.arange(width, device=device, dtype=torch.float32)[None, :]
+    for i, (b, lab) in enumerate(zip(boxes, labels)):
+        if len(b) == 0:
+            continue
+        b = b.float() / stride
+        wh = (b[:, 2:] - b[:, :2]).clamp(min=0)  # (K, 2)
+        centre = (b[:, :2] + b[:, 2:]) / 2
+        cell = centre.floor().long()
+        cell[:, 0].clamp_(0, width - 1)
+        cell[:, 1].clamp_(0, height - 1)
+        radius = gaussian_radius(wh[:, 1], wh[:, 0], min_overlap).floor().clamp(min=0)  # (K,)
+        sigma = (2 * radius + 1) / 6
+        dx = xs[None] - cell[:, 0, None, None]  # (K, 1, w)
+        dy = ys[None] - cell[:, 1, None, None]  # (K, h, 1)
+        gauss = torch.exp(-(dx**2 + dy**2) / (2 * sigma[:, None, None] ** 2))
+        inside = (dx.abs() <= radius[:, None, None]) & (dy.abs() <= radius[:, None, None])
+        gauss = gauss * inside  # (K, h, w), exactly 1 at the centre cell
+        flat = heatmap[i].view(num_classes, -1)
+        flat.scatter_reduce_(0, lab.long()[:, None].expand(-1, flat.shape[1]), gauss.flatten(1), "amax")
+        size[i, :, cell[:, 1], cell[:, 0]] = wh.T
+        offset[i, :, cell[:, 1], cell[:, 0]] = (centre - cell).T
+        centres[i, cell[:, 1], cell[:, 0]] = True
+    return CenterNetTargets(heatmap, size, offset, centres)
+
+
+def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0,
+                       beta: float = 4.0) -> torch.Tensor:
+    """CornerNet's penalty-reduced focal loss, summed and divided by the number of centres.
+
+    logits, target: ``(N, C, h, w)``; target is 1 at centres and a Gaussian around them,
+    which lowers the penalty for near misses by ``(1 - target) ** beta``.
+    """
+    positive = target.eq(1).float()
+    log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+    p = log_p.exp()
+    positive_loss = (log_p * (1 - p) ** alpha * positive).sum()
+    negative_loss = (log_not_p * p**alpha * (1 - target) ** beta * (1 - positive)).sum()
+    return -(positive_loss + negative_loss) / positive.sum().clamp(min=1)
+
+
+def centernet_loss(outputs: CenterNetOutput, targets: CenterNetTargets,
+                   weights: dict[str, float]) -> dict[str, torch.Tensor]:
+    """``{"heatmap", "size", "offset", "loss"}``; size and offset are L1 at centres only.
+
+    An image with no objects still gives a heatmap loss (all negatives), tied to the graph.
+    """
+    heat = heatmap_focal_loss(outputs.heatmap, targets.heatmap)
+    mask = targets.centres[:, None].expand_as(targets.size)
+    count = mask.sum().clamp(min=1)
+    size = (outputs.size - targets.size).abs()[mask].sum() / count
+    offset = (outputs.offset - targets.offset).abs()[mask].sum() / count
+    total = weights["heatmap"] * heat + weights["size"] * size + weights["offset"] * offset
+    return {"loss": total, "heatmap": heat.detach(), "size": size.detach(), "offset": offset.detach()}
+
+
+def decode_detections(heatmap: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, stride: int,
+                      max_detections: int = 100, score_threshold: float = 0.0) -> torch.Tensor:
+    """Peaks of the heatmap as boxes: ``(N, max_detections, 6)`` = x1, y1, x2, y2, score, class.
+
+    heatmap: ``(N, C, h, w)`` probabilities (not logits). A peak is a cell equal to the
+    max of its 3x3 neighbourhood. Rows beyond the detections found, or scoring below
+    ``score_threshold``, are -1. Boxes are in input pixels, rows sorted by score.
+    """
+    n, num_classes, height, width = heatmap.shape
+    peaks = heatmap * (F.max_pool2d(heatmap, 3, stride=1, padding=1) == heatmap)
+    k = min(max_detections, num_classes * height * width)
+    scores, index = peaks.flatten(1).topk(k)  # (N, k)
+    classes = index // (height * width)
+    cell = index % (height * width)
+    ys, xs = (cell // width).float(), (cell % width).float()
+    wh = size.flatten(2).gather(2, cell[:, None].expand(-1, 2, -1))  # (N, 2, k)
+    off = offset.flatten(2).gather(2, cell[:, None].expand(-1, 2, -1))
+    cx, cy = xs + off[:, 0], ys + off[:, 1]
+    half_w, half_h = wh[:, 0].clamp(min=0) / 2, wh[:, 1].clamp(min=0) / 2
+    boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], -1) * stride
+    detections = torch.cat([boxes, scores[..., None], classes[..., None].float()], -1)
+    keep = (scores > score_threshold) & (scores > 0)
+    detections = torch.where(keep[..., None], detections, torch.full_like(detections, -1.0))
+    if k < max_detections:
+        detections = F.pad(detections, (0, 0, 0, max_detections - k), value=-1.0)
+    return detections
