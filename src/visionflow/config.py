@@ -285,10 +285,16 @@ class CenterNetLossParams(Strict):
     size: float = Field(0.1, ge=0)
     offset: float = Field(1.0, ge=0)
     min_overlap: float = Field(0.7, gt=0, lt=1)  # sets each object's Gaussian radius
+    regression: Literal["centre", "gaussian"] = "gaussian"  # size/offset at the centre cell, or its Gaussian
 
 
 class DetectionTrainParams(OptimParams):
+    grad_clip: float | None = Field(None, gt=0)  # clip the gradient norm (None: off)
     loss: CenterNetLossParams = Field(default_factory=CenterNetLossParams)  # centernet only
+
+
+class InstanceSegmentationTrainParams(OptimParams):
+    grad_clip: float | None = Field(None, gt=0)  # clip the gradient norm (None: off)
 
 
 class DetectionEvaluateParams(EvaluateParams):
@@ -346,7 +352,7 @@ class InstanceSegmentationParams(Strict):
     data: DataParams = Field(default_factory=DataParams)
     augment: BoxAugmentParams = Field(default_factory=BoxAugmentParams)
     model: InstanceSegmentationModelParams = Field(default_factory=InstanceSegmentationModelParams)
-    train: OptimParams
+    train: InstanceSegmentationTrainParams
     evaluate: DetectionEvaluateParams = Field(default_factory=DetectionEvaluateParams)
     registry: RegisterParams = Field(alias="register")
 

@@ -33,9 +33,9 @@ class CenterNetOutput(NamedTuple):
 
 class CenterNetTargets(NamedTuple):
     heatmap: torch.Tensor  # (N, C, h, w) in [0, 1], exactly 1 at object centres
-    size: torch.Tensor  # (N, 2, h, w), set at centres
-    offset: torch.Tensor  # (N, 2, h, w), set at centres
-    centres: torch.Tensor  # (N, h, w) bool: where size and offset are supervised
+    size: torch.Tensor  # (N, 2, h, w), set where weight > 0
+    offset: torch.Tensor  # (N, 2, h, w) object centre minus cell, set where weight > 0
+    weight: torch.Tensor  # (N, h, w) >= 0: how much size and offset count at each cell
 
 
 def _head(in_channels: int, hidden: int, out_channels: int, bias: float = 0.0) -> nn.Sequential:
@@ -46,7 +46,7 @@ def _head(in_channels: int, hidden: int, out_channels: int, bias: float = 0.0) -
 
 
 class CenterNet(nn.Module):
-    """Residual backbone + FPN; heads on the stride-4 level ``p2``, which the pyramid fuses from all."""
+    """Residual backbone + FPN; heads on the stride-4 sum of all pyramid levels (p2 + up(p3..p5))."""
 
     stride = 4
     size_divisor = 32  # the backbone's coarsest stride: inputs are padded to a multiple of it
@@ -63,7 +63,11 @@ class CenterNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> CenterNetOutput:
         """images ``(N, 3, H, W)`` in [0, 1], H and W multiples of 32 (see :func:`pad_to_multiple`)."""
-        features = self.backbone((images - 0.5) / 0.25)["p2"]
+        pyramid = list(self.backbone((images - 0.5) / 0.25).values())  # p2 .. p5
+        # Every level, upsampled onto p2, gives the heads the context of large objects too.
+        features = pyramid[0]
+        for level in pyramid[1:]:
+            features = features + F.interpolate(level, size=features.shape[-2:], mode="nearest")
         return CenterNetOutput(self.heatmap(features), self.size(features), self.offset(features))
 
 
@@ -74,9 +78,12 @@ def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def gaussian_radius(height: torch.Tensor, width: torch.Tensor, min_overlap: float = 0.7) -> torch.Tensor:
-    """CornerNet's radius: the largest corner shift that keeps IoU >= ``min_overlap`` (same units).
+    """The Gaussian radius of CenterNet's reference code (same units as height and width).
 
-    The smallest of three cases' roots (both corners in, one in one out, both out).
+    CornerNet derives it from the corner shift that keeps IoU >= ``min_overlap`` in three
+    cases and takes the smallest; the reference code's roots divide by 2 instead of 2a,
+    which gives a larger radius than the geometry says. CenterNet was tuned with these
+    values, so they are kept (for a 20 x 30 box at 0.7: 6.58, not 2.35).
     """
     a1, b1 = 1.0, height + width
     c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
@@ -91,20 +98,27 @@ def gaussian_radius(height: torch.Tensor, width: torch.Tensor, min_overlap: floa
 
 
 def encode_targets(boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], num_classes: int,
-                   out_size: tuple[int, int], stride: int, min_overlap: float = 0.7) -> CenterNetTargets:
+                   out_size: tuple[int, int], stride: int, min_overlap: float = 0.7,
+                   regression: str = "centre") -> CenterNetTargets:
     """Training targets for a batch.
 
     boxes[i]: float ``(K_i, 4)`` xyxy pixels; labels[i]: int64 ``(K_i,)`` in 0..C-1;
     ``out_size``: (h, w) of the output grid. Where objects of one class overlap, the
-    heatmap keeps the larger Gaussian (max), as CenterNet does.
+    heatmap keeps the larger Gaussian (max), as CenterNet does. ``regression``:
+    ``"centre"`` supervises size and offset at each object's centre cell only (CenterNet);
+    ``"gaussian"`` at every cell of its Gaussian too, weighted by the Gaussian (the offset
+    there points from the cell to the centre), which gives the heads many more samples
+    (as TTFNet does); where objects overlap, the smaller one owns the cell.
     """
+    if regression not in ("centre", "gaussian"):
+        raise ValueError(f"regression must be 'centre' or 'gaussian', got {regression!r}")
     height, width = out_size
     n = len(boxes)
     device = boxes[0].device if n else torch.device("cpu")
     heatmap = torch.zeros(n, num_classes, height, width, device=device)
     size = torch.zeros(n, 2, height, width, device=device)
     offset = torch.zeros(n, 2, height, width, device=device)
-    centres = torch.zeros(n, height, width, dtype=torch.bool, device=device)
+    weight = torch.zeros(n, height, width, device=device)
     ys = torch.arange(height, device=device, dtype=torch.float32)[:, None]
     xs = torch.arange(width, device=device, dtype=torch.float32)[None, :]
     for i, (b, lab) in enumerate(zip(boxes, labels)):
@@ -125,10 +139,25 @@ def encode_targets(boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
         gauss = gauss * inside  # (K, h, w), exactly 1 at the centre cell
         flat = heatmap[i].view(num_classes, -1)
         flat.scatter_reduce_(0, lab.long()[:, None].expand(-1, flat.shape[1]), gauss.flatten(1), "amax")
-        size[i, :, cell[:, 1], cell[:, 0]] = wh.T
-        offset[i, :, cell[:, 1], cell[:, 0]] = (centre - cell).T
-        centres[i, cell[:, 1], cell[:, 0]] = True
-    return CenterNetTargets(heatmap, size, offset, centres)
+        if regression == "centre":
+            owner = torch.zeros_like(gauss, dtype=torch.bool)
+            owner[torch.arange(len(b)), cell[:, 1], cell[:, 0]] = True
+        else:
+            owner = gauss > 0
+        # Larger objects first, so smaller ones (painted later) own the cells they share.
+        for k in torch.argsort(wh.prod(1), descending=True).tolist():
+            where = owner[k]
+            weight[i][where] = gauss[k][where]
+            size[i, :, where] = wh[k, :, None]
+            offset[i, 0][where] = (centre[k, 0] - xs.expand(height, width))[where]
+            offset[i, 1][where] = (centre[k, 1] - ys.expand(height, width))[where]
+        # Each centre cell regresses its own object, whatever Gaussian covers it (decoding reads it).
+        for k in torch.argsort(wh.prod(1), descending=True).tolist():
+            x, y = cell[k].tolist()
+            weight[i, y, x] = 1.0
+            size[i, :, y, x] = wh[k]
+            offset[i, :, y, x] = centre[k] - cell[k]
+    return CenterNetTargets(heatmap, size, offset, weight)
 
 
 def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0,
@@ -148,15 +177,15 @@ def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
 
 def centernet_loss(outputs: CenterNetOutput, targets: CenterNetTargets,
                    weights: dict[str, float]) -> dict[str, torch.Tensor]:
-    """``{"heatmap", "size", "offset", "loss"}``; size and offset are L1 at centres only.
+    """``{"heatmap", "size", "offset", "loss"}``; size and offset are L1 weighted by ``targets.weight``.
 
     An image with no objects still gives a heatmap loss (all negatives), tied to the graph.
     """
     heat = heatmap_focal_loss(outputs.heatmap, targets.heatmap)
-    mask = targets.centres[:, None].expand_as(targets.size)
-    count = mask.sum().clamp(min=1)
-    size = (outputs.size - targets.size).abs()[mask].sum() / count
-    offset = (outputs.offset - targets.offset).abs()[mask].sum() / count
+    weight = targets.weight[:, None]
+    total_weight = weight.sum().clamp(min=1e-6)
+    size = ((outputs.size - targets.size).abs() * weight).sum() / total_weight / 2
+    offset = ((outputs.offset - targets.offset).abs() * weight).sum() / total_weight / 2
     total = weights["heatmap"] * heat + weights["size"] * size + weights["offset"] * offset
     return {"loss": total, "heatmap": heat.detach(), "size": size.detach(), "offset": offset.detach()}
 

@@ -124,7 +124,7 @@ class CocoDetectionDataset(Dataset):
                   "image_id": torch.tensor(self.coco.images[index]["id"], dtype=torch.int64)}
         if self.with_masks:
             masks = torch.from_numpy(np.ascontiguousarray(sample["masks"])).to(torch.uint8)
-            keep = masks.flatten(1).any(1)  # a mask cut away entirely leaves no object
+            keep = masks.flatten(1).amax(1) > 0  # a mask cut away entirely leaves no object
             masks, labels = masks[keep], labels[keep]
             target.update(boxes=mask_boxes(masks), labels=labels, masks=masks)
         return image, target

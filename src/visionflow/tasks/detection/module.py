@@ -33,6 +33,12 @@ class BoxTaskModule(TaskModule):
         self.val_ground_truth = val_ground_truth
         self._val_results: list[dict] = []
 
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        clip = self.optim.get("grad_clip") or gradient_clip_val
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
     @property
     def detector(self) -> torch.nn.Module:
         """``(N, 3, H, W)`` in [0, 1] -> ``(N, D, 6 [+ M*M])`` (``visionflow.models.detectors``)."""
@@ -100,7 +106,7 @@ class DetectionModule(BoxTaskModule):
             outputs = self.net(images)
             encoded = encode_targets([t["boxes"] for t in targets], [t["labels"] - 1 for t in targets],
                                      len(self.class_names), tuple(outputs.heatmap.shape[-2:]), self.net.stride,
-                                     self.optim["loss"]["min_overlap"])
+                                     self.optim["loss"]["min_overlap"], self.optim["loss"]["regression"])
             return outputs, centernet_loss(outputs, encoded, self.optim["loss"])
         self.net.train()
         losses = self.net(list(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
