@@ -256,6 +256,7 @@ class DetectionModelParams(Strict):
     """
 
     name: Literal["centernet", "retinanet"] = "centernet"
+    neck: Literal["unet", "fpn"] = "unet"  # centernet: conv-BN-ReLU top-down merges, or an FPN sum
     channels: list[int] = Field(default_factory=lambda: [24, 48, 96, 160], min_length=4, max_length=4)
     blocks: list[int] = Field(default_factory=lambda: [1, 1, 2, 1], min_length=4, max_length=4)
     fpn_channels: int = Field(64, ge=1)

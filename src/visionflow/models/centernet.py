@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionflow.models.pyramid import PyramidBackbone
+from visionflow.models.pyramid import PyramidBackbone, ResNetBackbone, TopDownNeck
 
 HEATMAP_PRIOR = 0.1  # initial peak probability: keeps the focal loss sane at step 0
 
@@ -46,16 +46,28 @@ def _head(in_channels: int, hidden: int, out_channels: int, bias: float = 0.0) -
 
 
 class CenterNet(nn.Module):
-    """Residual backbone + FPN; heads on the stride-4 sum of all pyramid levels (p2 + up(p3..p5))."""
+    """Residual backbone + neck to stride 4 + three heads.
+
+    ``neck``: ``"unet"`` fuses levels top-down with conv-BN-ReLU at each merge
+    (:class:`~visionflow.models.pyramid.TopDownNeck`); ``"fpn"`` sums torchvision FPN
+    levels p2 + up(p3..p5).
+    """
 
     stride = 4
     size_divisor = 32  # the backbone's coarsest stride: inputs are padded to a multiple of it
 
     def __init__(self, num_classes: int, channels: Sequence[int] = (24, 48, 96, 160),
-                 blocks: Sequence[int] = (1, 1, 2, 1), fpn_channels: int = 64, head_channels: int = 64):
+                 blocks: Sequence[int] = (1, 1, 2, 1), fpn_channels: int = 64, head_channels: int = 64,
+                 neck: str = "unet"):
         super().__init__()
-        self.num_classes = num_classes
-        self.backbone = PyramidBackbone(channels, blocks, fpn_channels)
+        if neck not in ("unet", "fpn"):
+            raise ValueError(f"neck must be 'unet' or 'fpn', got {neck!r}")
+        self.num_classes, self.neck_kind = num_classes, neck
+        if neck == "fpn":
+            self.backbone = PyramidBackbone(channels, blocks, fpn_channels)
+        else:
+            self.backbone = ResNetBackbone(channels, blocks)
+            self.neck = TopDownNeck(channels, fpn_channels)
         prior = -math.log((1 - HEATMAP_PRIOR) / HEATMAP_PRIOR)
         self.heatmap = _head(fpn_channels, head_channels, num_classes, bias=prior)
         self.size = _head(fpn_channels, head_channels, 2)
@@ -63,11 +75,15 @@ class CenterNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> CenterNetOutput:
         """images ``(N, 3, H, W)`` in [0, 1], H and W multiples of 32 (see :func:`pad_to_multiple`)."""
-        pyramid = list(self.backbone((images - 0.5) / 0.25).values())  # p2 .. p5
-        # Every level, upsampled onto p2, gives the heads the context of large objects too.
-        features = pyramid[0]
-        for level in pyramid[1:]:
-            features = features + F.interpolate(level, size=features.shape[-2:], mode="nearest")
+        images = ((images - 0.5) / 0.25).contiguous(memory_format=torch.channels_last)
+        if self.neck_kind == "unet":
+            features = self.neck(self.backbone(images))
+        else:
+            pyramid = list(self.backbone(images).values())  # p2 .. p5
+            # Every level, upsampled onto p2, gives the heads the context of large objects too.
+            features = pyramid[0]
+            for level in pyramid[1:]:
+                features = features + F.interpolate(level, size=features.shape[-2:], mode="nearest")
         return CenterNetOutput(self.heatmap(features), self.size(features), self.offset(features))
 
 
@@ -200,8 +216,11 @@ def decode_detections(heatmap: torch.Tensor, size: torch.Tensor, offset: torch.T
     """
     n, num_classes, height, width = heatmap.shape
     peaks = heatmap * (F.max_pool2d(heatmap, 3, stride=1, padding=1) == heatmap)
-    k = min(max_detections, num_classes * height * width)
-    scores, index = peaks.flatten(1).topk(k)  # (N, k)
+    # Zero scores appended so that topk always has max_detections to pick (tiny images), with no
+    # shape-dependent branch (torch.export then keeps H and W free).
+    flat = F.pad(peaks.flatten(1), (0, max_detections))
+    scores, index = flat.topk(max_detections)  # (N, max_detections)
+    index = index.clamp(max=num_classes * height * width - 1)
     classes = index // (height * width)
     cell = index % (height * width)
     ys, xs = (cell // width).float(), (cell % width).float()
@@ -212,7 +231,4 @@ def decode_detections(heatmap: torch.Tensor, size: torch.Tensor, offset: torch.T
     boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], -1) * stride
     detections = torch.cat([boxes, scores[..., None], classes[..., None].float()], -1)
     keep = (scores > score_threshold) & (scores > 0)
-    detections = torch.where(keep[..., None], detections, torch.full_like(detections, -1.0))
-    if k < max_detections:
-        detections = F.pad(detections, (0, 0, 0, max_detections - k), value=-1.0)
-    return detections
+    return torch.where(keep[..., None], detections, torch.full_like(detections, -1.0))

@@ -41,15 +41,16 @@ def build_retinanet(num_classes: int, image_size: int, channels: Sequence[int], 
     """Single-shot, anchor-based: FPN levels P3..P5, anchors matched IoU >= 0.5 positive / < 0.4
     negative, sigmoid focal loss for classes, L1 for box deltas, per-class NMS (all torchvision's).
 
-    ``num_classes`` excludes background.
+    Sigmoid classification needs no background class: this model's labels are 0..C-1
+    (targets and outputs), unlike the R-CNNs' 1..C.
     """
     backbone = PyramidBackbone(channels, blocks, fpn_channels, levels=("c3", "c4", "c5"))
     scales = (1.0, 2 ** (1 / 2))  # two scales per octave
     anchors = AnchorGenerator(tuple(tuple(s * k for k in scales) for s in anchor_sizes),
                               (tuple(aspect_ratios),) * len(anchor_sizes))
-    head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes + 1,
+    head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes,
                          norm_layer=lambda c: nn.GroupNorm(min(16, c), c))
-    return RetinaNet(backbone, num_classes + 1, min_size=image_size, max_size=image_size,
+    return RetinaNet(backbone, num_classes, min_size=image_size, max_size=image_size,
                      image_mean=IMAGE_MEAN, image_std=IMAGE_STD, anchor_generator=anchors, head=head,
                      score_thresh=score_threshold, nms_thresh=nms_iou, detections_per_img=max_detections,
                      fg_iou_thresh=0.5, bg_iou_thresh=0.4, topk_candidates=300, _skip_resize=True)
@@ -108,9 +109,11 @@ def _pad_rows(rows: torch.Tensor, count: int) -> torch.Tensor:
     return F.pad(rows, (0, 0, 0, count - len(rows)), value=-1.0)
 
 
-def torchvision_detections(outputs: list[dict[str, torch.Tensor]], max_detections: int) -> torch.Tensor:
-    """torchvision's per-image dicts (labels 1..C) -> ``(N, max_detections, 6)``, class 0..C-1."""
-    rows = [torch.cat([o["boxes"], o["scores"][:, None], (o["labels"] - 1)[:, None].float()], 1)
+def torchvision_detections(outputs: list[dict[str, torch.Tensor]], max_detections: int,
+                           first_label: int = 1) -> torch.Tensor:
+    """torchvision's per-image dicts (labels from ``first_label``) -> ``(N, max_detections, 6)``,
+    class 0..C-1."""
+    rows = [torch.cat([o["boxes"], o["scores"][:, None], (o["labels"] - first_label)[:, None].float()], 1)
             for o in outputs]
     return torch.stack([_pad_rows(r, max_detections) for r in rows]) if rows else \
         torch.zeros(0, max_detections, 6)
@@ -128,21 +131,26 @@ class CenterNetDetector(nn.Module):
         out = self.net(pad_to_multiple(images, self.net.size_divisor))
         detections = decode_detections(out.heatmap.sigmoid(), out.size, out.offset, self.net.stride,
                                        self.max_detections, self.score_threshold)
-        limits = detections.new_tensor([width, height, width, height])
-        boxes = torch.minimum(detections[..., :4].clamp(min=0), limits)
+        # clamp with the sizes as scalars: a tensor built from them would pin H and W in torch.export
+        xs = detections[..., 0:4:2].clamp(min=0, max=width)
+        ys = detections[..., 1:4:2].clamp(min=0, max=height)
+        boxes = torch.stack([xs[..., 0], ys[..., 0], xs[..., 1], ys[..., 1]], -1)
         found = detections[..., 4:5] >= 0
         return torch.cat([torch.where(found, boxes, detections[..., :4]), detections[..., 4:]], -1)
 
 
 class TorchvisionDetector(nn.Module):
-    """A torchvision RetinaNet / Faster R-CNN in eval mode as ``(N, 3, H, W)`` -> ``(N, D, 6)``."""
+    """A torchvision RetinaNet / Faster R-CNN in eval mode as ``(N, 3, H, W)`` -> ``(N, D, 6)``.
 
-    def __init__(self, model: nn.Module, max_detections: int):
+    ``first_label``: the model's label of class 0 (RetinaNet here: 0; R-CNNs: 1, after background).
+    """
+
+    def __init__(self, model: nn.Module, max_detections: int, first_label: int = 1):
         super().__init__()
-        self.model, self.max_detections = model.eval(), max_detections
+        self.model, self.max_detections, self.first_label = model.eval(), max_detections, first_label
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torchvision_detections(self.model(list(images)), self.max_detections)
+        return torchvision_detections(self.model(list(images)), self.max_detections, self.first_label)
 
 
 class MaskRCNNDetector(nn.Module):

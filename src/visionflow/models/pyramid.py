@@ -101,3 +101,28 @@ class PyramidBackbone(nn.Module):
         features = self.body(x.contiguous(memory_format=torch.channels_last))
         pyramid = self.fpn(OrderedDict((level, features[level]) for level in self.levels))
         return OrderedDict((f"p{level[1:]}", value) for level, value in pyramid.items())
+
+
+class TopDownNeck(nn.Module):
+    """U-Net-style top-down path: ``{"c2": ..., "c5": ...}`` -> ``(N, out_channels, H/4, W/4)``.
+
+    Unlike an FPN, whose levels mix linearly before one output convolution, every
+    merge here (upsampled deeper map + 1x1-projected skip) goes through a 3x3
+    conv-BN-ReLU, so coarse shape evidence and fine position mix non-linearly on the
+    way down to stride 4 (CenterNet's DLA/deconvolution necks do the same).
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int):
+        super().__init__()
+        self.laterals = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+            for c in in_channels)
+        self.fuse = nn.ModuleList(conv_bn(out_channels, out_channels) for _ in in_channels)
+
+    def forward(self, features: "OrderedDict[str, torch.Tensor]") -> torch.Tensor:
+        levels = list(features.values())  # finest first
+        x = self.fuse[-1](self.laterals[-1](levels[-1]))
+        for level, lateral, fuse in zip(levels[-2::-1], list(self.laterals)[-2::-1], list(self.fuse)[-2::-1]):
+            x = nn.functional.interpolate(x, size=level.shape[-2:], mode="nearest")
+            x = fuse(x + lateral(level))
+        return x

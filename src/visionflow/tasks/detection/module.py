@@ -87,7 +87,7 @@ class DetectionModule(BoxTaskModule):
         num_classes = len(class_names)
         if model["name"] == "centernet":
             self.net = CenterNet(num_classes, model["channels"], model["blocks"], model["fpn_channels"],
-                                 model["head_channels"])
+                                 model["head_channels"], model["neck"])
         else:
             self.net = build_retinanet(num_classes, image_size, model["channels"], model["blocks"],
                                        model["fpn_channels"], model["anchor_sizes"], model["aspect_ratios"],
@@ -98,7 +98,7 @@ class DetectionModule(BoxTaskModule):
         if isinstance(self.net, CenterNet):
             return CenterNetDetector(self.net, self.model_params["max_detections"],
                                      self.model_params["score_threshold"])
-        return TorchvisionDetector(self.net, self.model_params["max_detections"])
+        return TorchvisionDetector(self.net, self.model_params["max_detections"], first_label=0)
 
     def model_step(self, batch: tuple[torch.Tensor, list[dict]]) -> tuple[Any, dict[str, torch.Tensor]]:
         images, targets = batch
@@ -109,6 +109,7 @@ class DetectionModule(BoxTaskModule):
                                      self.optim["loss"]["min_overlap"], self.optim["loss"]["regression"])
             return outputs, centernet_loss(outputs, encoded, self.optim["loss"])
         self.net.train()
-        losses = self.net(list(images), [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        # RetinaNet's sigmoid classes have no background: labels 0..C-1
+        losses = self.net(list(images), [{"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets])
         return None, {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
 
