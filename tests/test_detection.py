@@ -212,3 +212,19 @@ def test_bad_box_rule_names_the_key():
         parse_params(tiny_params_dict(detection={"augment": {"boxes": {"min_visibility": 2}}}))
     with pytest.raises(ConfigError, match="detection.model.name: input should be 'centernet' or 'retinanet'"):
         parse_params(tiny_params_dict(detection={"model": {"name": "yolo"}}))
+
+
+def test_box_only_datasets_preview_without_mask_checks_and_masks_are_required_for_instances(tmp_path):
+    from conftest import tiny_params_dict
+
+    from visionflow.config import parse_params
+    from visionflow.tasks import get_task
+    from visionflow.tasks.detection.data import CocoDetectionDataset, load_split
+
+    write_coco(tmp_path, [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 12], "area": 120}])
+    params = parse_params(tiny_params_dict()).detection
+    check = get_task("detection").augment_preview(params, tmp_path, tmp_path / "preview.png")
+    assert check["masks_checked"] is False and check["boxes_before"] == 1
+    assert (tmp_path / "preview.png").is_file()
+    with pytest.raises(CocoFormatError, match="annotation id 5: missing field 'segmentation'"):
+        CocoDetectionDataset(load_split(tmp_path, "train"), with_masks=True)[0]

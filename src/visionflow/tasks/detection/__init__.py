@@ -46,7 +46,9 @@ class Detection(TaskFamily):
         key = f"{self.name}.augment"
         pipeline = build_box_transforms(params.augment, key, seed=params.train.seed)
         coco = load_split(data_root, "train")
-        dataset = CocoDetectionDataset(coco, pipeline, with_masks=True)
+        # Box-only datasets (detection) get the preview without the mask checks.
+        has_masks = self.with_masks or all("segmentation" in a for a in coco.annotations)
+        dataset = CocoDetectionDataset(coco, pipeline, with_masks=has_masks)
         colours = palette(len(dataset.class_names) + 1)[1:]
         rows, agreements, worst_miss, kept, total = [], [], 0.0, 0, 0
         for index in range(min(PREVIEW_SAMPLES, len(dataset))):
@@ -59,9 +61,12 @@ class Detection(TaskFamily):
                 picture = overlay_instances(sample["image"], sample["masks"], sample["labels"] - 1, colours) \
                     if self.with_masks else sample["image"]
                 views.append(draw_boxes(picture, boxes, sample["labels"] - 1, colours))
-                worst_miss = max(worst_miss, _box_misses_mask(boxes, sample["masks"]))
+                if has_masks:
+                    worst_miss = max(worst_miss, _box_misses_mask(boxes, sample["masks"]))
             rows.append(views)
             kept, total = kept + len(after["labels"]), total + len(before["labels"])
+            if not has_masks:
+                continue
             record = coco.images[index]
             labels = semantic_mask(coco.annotations_of(record["id"]), record["height"], record["width"],
                                    {cid: i + 1 for i, cid in enumerate(coco.category_ids)})
@@ -76,8 +81,8 @@ class Detection(TaskFamily):
         if worst_miss > BOX_TOLERANCE_PX:
             raise ValueError(f"{key}: a transformed box misses its object's mask by {worst_miss:.1f} px "
                              f"(> {BOX_TOLERANCE_PX}); boxes do not follow the image; see {preview_png}")
-        return {"samples": len(rows), "min_mask_agreement": worst, "max_box_miss_px": worst_miss,
-                "boxes_before": total, "boxes_kept": kept}
+        return {"samples": len(rows), "masks_checked": has_masks, "min_mask_agreement": worst,
+                "max_box_miss_px": worst_miss, "boxes_before": total, "boxes_kept": kept}
 
     def datamodule(self, params: "DetectionParams", data_root: Path, trainer: "TrainerParams"):
         from visionflow.tasks.detection.data import DetectionDataModule, build_box_transforms

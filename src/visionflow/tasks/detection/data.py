@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from visionflow.config import BoxAugmentParams
 from visionflow.data.batching import image_to_tensor
-from visionflow.data.coco import CocoDataset, annotation_mask, load_coco
+from visionflow.data.coco import CocoDataset, CocoFormatError, annotation_mask, load_coco
 from visionflow.data.images import ImageReadError, read_rgb
 
 
@@ -88,6 +88,10 @@ class CocoDetectionDataset(Dataset):
             "labels": np.array([self.label_of_category[a["category_id"]] for a in annotations], np.int64),
         }
         if self.with_masks:
+            for annotation in annotations:
+                if "segmentation" not in annotation:
+                    raise CocoFormatError(f"{self.coco.path}: annotation id {annotation['id']}: missing field "
+                                          "'segmentation' (instance masks are needed here)")
             sample["masks"] = np.array([annotation_mask(a, height, width) for a in annotations],
                                        bool).reshape(-1, height, width)
         return sample

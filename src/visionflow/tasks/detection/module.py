@@ -55,6 +55,8 @@ class BoxTaskModule(TaskModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_results = []
+        self._val_sizes = {image["id"]: (image["height"], image["width"])
+                           for image in self.val_ground_truth["images"]}
 
     def validation_step(self, batch: tuple[torch.Tensor, list[dict]], batch_idx: int) -> None:
         images, targets = batch
@@ -62,9 +64,10 @@ class BoxTaskModule(TaskModule):
         category_ids = [c["id"] for c in self.val_ground_truth["categories"]]
         for rows, target in zip(detections, targets):
             rows = rows[rows[:, 4] >= VAL_SCORE_THRESHOLD]
-            height, width = images.shape[-2:]
-            self._val_results += detections_to_results(rows, int(target["image_id"]), category_ids,
-                                                       height, width, self.with_masks)
+            image_id = int(target["image_id"])
+            height, width = self._val_sizes[image_id]  # masks are pasted at the image's own size
+            self._val_results += detections_to_results(rows, image_id, category_ids, height, width,
+                                                       self.with_masks)
 
     def on_validation_epoch_end(self) -> None:
         from visionflow.coco_eval import evaluate_coco

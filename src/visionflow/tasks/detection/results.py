@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from visionflow.data.coco import encode_mask
@@ -58,8 +57,3 @@ def read_results(path: Path) -> list[dict]:
 def results_without_masks(results: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
 
-
-def as_array(results: list[dict]) -> np.ndarray:
-    """(R, 7) image_id, category_id, x, y, w, h, score (for comparisons)."""
-    return np.array([[r["image_id"], r["category_id"], *r["bbox"], r["score"]] for r in results],
-                    np.float64).reshape(-1, 7)
