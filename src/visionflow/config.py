@@ -285,6 +285,7 @@ class CenterNetLossParams(Strict):
     heatmap: float = Field(1.0, ge=0)
     size: float = Field(0.1, ge=0)
     offset: float = Field(1.0, ge=0)
+    classification: float = Field(0.0, ge=0)  # softmax CE across classes where objects are
     min_overlap: float = Field(0.7, gt=0, lt=1)  # sets each object's Gaussian radius
     regression: Literal["centre", "gaussian"] = "gaussian"  # size/offset at the centre cell, or its Gaussian
 

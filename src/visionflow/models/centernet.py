@@ -35,7 +35,8 @@ class CenterNetTargets(NamedTuple):
     heatmap: torch.Tensor  # (N, C, h, w) in [0, 1], exactly 1 at object centres
     size: torch.Tensor  # (N, 2, h, w), set where weight > 0
     offset: torch.Tensor  # (N, 2, h, w) object centre minus cell, set where weight > 0
-    weight: torch.Tensor  # (N, h, w) >= 0: how much size and offset count at each cell
+    weight: torch.Tensor  # (N, h, w) >= 0: how much size, offset (and class) count at each cell
+    classes: torch.Tensor  # (N, h, w) int64: the class of the object owning the cell, -1 for none
 
 
 def _head(in_channels: int, hidden: int, out_channels: int, bias: float = 0.0) -> nn.Sequential:
@@ -135,6 +136,7 @@ def encode_targets(boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
     size = torch.zeros(n, 2, height, width, device=device)
     offset = torch.zeros(n, 2, height, width, device=device)
     weight = torch.zeros(n, height, width, device=device)
+    classes = torch.full((n, height, width), -1, dtype=torch.int64, device=device)
     ys = torch.arange(height, device=device, dtype=torch.float32)[:, None]
     xs = torch.arange(width, device=device, dtype=torch.float32)[None, :]
     for i, (b, lab) in enumerate(zip(boxes, labels)):
@@ -164,6 +166,7 @@ def encode_targets(boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
         for k in torch.argsort(wh.prod(1), descending=True).tolist():
             where = owner[k]
             weight[i][where] = gauss[k][where]
+            classes[i][where] = lab[k]
             size[i, :, where] = wh[k, :, None]
             offset[i, 0][where] = (centre[k, 0] - xs.expand(height, width))[where]
             offset[i, 1][where] = (centre[k, 1] - ys.expand(height, width))[where]
@@ -171,9 +174,10 @@ def encode_targets(boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
         for k in torch.argsort(wh.prod(1), descending=True).tolist():
             x, y = cell[k].tolist()
             weight[i, y, x] = 1.0
+            classes[i, y, x] = lab[k]
             size[i, :, y, x] = wh[k]
             offset[i, :, y, x] = centre[k] - cell[k]
-    return CenterNetTargets(heatmap, size, offset, weight)
+    return CenterNetTargets(heatmap, size, offset, weight, classes)
 
 
 def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0,
@@ -193,8 +197,12 @@ def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
 
 def centernet_loss(outputs: CenterNetOutput, targets: CenterNetTargets,
                    weights: dict[str, float]) -> dict[str, torch.Tensor]:
-    """``{"heatmap", "size", "offset", "loss"}``; size and offset are L1 weighted by ``targets.weight``.
+    """``{"heatmap", "size", "offset", "class", "loss"}``; size and offset are L1 weighted by
+    ``targets.weight``.
 
+    ``weights["classification"]`` (optional, default 0) adds a softmax cross-entropy over the per-class
+    heatmap logits at the cells an object owns: the focal loss treats classes one by one, while
+    this makes them compete where an object is, which separates look-alike classes sooner.
     An image with no objects still gives a heatmap loss (all negatives), tied to the graph.
     """
     heat = heatmap_focal_loss(outputs.heatmap, targets.heatmap)
@@ -202,8 +210,14 @@ def centernet_loss(outputs: CenterNetOutput, targets: CenterNetTargets,
     total_weight = weight.sum().clamp(min=1e-6)
     size = ((outputs.size - targets.size).abs() * weight).sum() / total_weight / 2
     offset = ((outputs.offset - targets.offset).abs() * weight).sum() / total_weight / 2
-    total = weights["heatmap"] * heat + weights["size"] * size + weights["offset"] * offset
-    return {"loss": total, "heatmap": heat.detach(), "size": size.detach(), "offset": offset.detach()}
+    owned = targets.classes >= 0  # (N, h, w)
+    logits = outputs.heatmap.permute(0, 2, 3, 1)[owned]  # (P, C)
+    class_loss = (F.cross_entropy(logits, targets.classes[owned], reduction="none")
+                  * targets.weight[owned]).sum() / total_weight
+    total = (weights["heatmap"] * heat + weights["size"] * size + weights["offset"] * offset
+             + weights.get("classification", 0.0) * class_loss)
+    return {"loss": total, "heatmap": heat.detach(), "size": size.detach(), "offset": offset.detach(),
+            "class": class_loss.detach()}
 
 
 def decode_detections(heatmap: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, stride: int,
