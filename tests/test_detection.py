@@ -228,3 +228,23 @@ def test_box_only_datasets_preview_without_mask_checks_and_masks_are_required_fo
     assert (tmp_path / "preview.png").is_file()
     with pytest.raises(CocoFormatError, match="annotation id 5: missing field 'segmentation'"):
         CocoDetectionDataset(load_split(tmp_path, "train"), with_masks=True)[0]
+
+
+def test_class_cross_entropy_counts_only_where_objects_are():
+    from visionflow.models.centernet import CenterNetOutput
+
+    targets = encode_targets([torch.tensor([[8.0, 8.0, 24.0, 24.0]])], [torch.tensor([1])], 2, (8, 8), 4,
+                             regression="gaussian")
+    assert set(targets.classes.unique().tolist()) == {-1, 1}
+    assert torch.equal(targets.classes >= 0, targets.weight > 0)
+    zeros = torch.zeros(1, 2, 8, 8)
+
+    def class_loss(favoured: int) -> float:
+        heatmap = torch.zeros(1, 2, 8, 8)
+        heatmap[:, favoured] = 10.0  # everywhere: cells without objects must not count
+        out = CenterNetOutput(heatmap, zeros, zeros)
+        return float(centernet_loss(out, targets, {"heatmap": 0, "size": 0, "offset": 0,
+                                                   "classification": 1.0})["class"])
+
+    # log(1 + e^-10) ~ 4.5e-5 when right; ~10 when wrong
+    assert class_loss(1) == pytest.approx(4.54e-5, rel=0.01) and class_loss(0) == pytest.approx(10.0, rel=1e-3)
