@@ -66,8 +66,8 @@ def evaluate_detection(module: Any, data_root: Path, out: EvalOutputs, device: t
         metrics.update({f"{prefix}{k}": round(v, 6) for k, v in evaluation.stats.items()})
         metrics[f"{prefix}per_class_AP"] = {k: round(v, 6) for k, v in evaluation.per_class_ap.items()}
         _write_plots(out, kind, evaluation)
-    metrics.update({"max_dets": list(params.max_dets), "test_images": len(dataset),
-                    "detections": len(on_disk)})
+    # maxDets show in the AR@<n> keys; AP is read at the largest
+    metrics.update({"test_images": len(dataset), "detections": len(on_disk)})
     _write_overlays(out.reports_dir / "overlays.png", dataset, shown[: params.overlays],
                     module.class_names, params.overlay_score, with_masks)
     return metrics
