@@ -34,13 +34,16 @@ class ExportedModel:
 
     ``example``: float32 array shaped like one batch of the module's input, with a
     batch of 2 or more (torch.export pins a dimension whose example size is 1);
-    ``input_shape`` / ``output_shape``: the signature's shapes, -1 for free dims.
+    ``input_shape`` / ``output_shape``: the signature's shapes, -1 for free dims;
+    ``serialization_format``: how MLflow stores it, ``"pt2"`` (torch.export) or ``"pickle"``
+    for modules torch.export cannot trace (data-dependent shapes such as NMS).
     """
 
     module: "torch.nn.Module"
     example: "np.ndarray"
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
+    serialization_format: str = "pt2"
 
 
 class TaskFamily(ABC):
