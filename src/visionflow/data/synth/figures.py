@@ -261,7 +261,7 @@ def render_figure_scene(rng: np.random.Generator, spec: FigureSceneSpec) -> Figu
     image = _background(rng, size)
     for _ in range(int(rng.integers(0, spec.max_distractors + 1))):  # behind everything
         kind = ("circle", "square", "triangle", "hexagon", "ellipse")[int(rng.integers(5))]
-        full, _ = _shape_mask(kind, size, rng, shapes)
+        full = _shape_mask(kind, size, rng, shapes)[0]
         image[full] = _fill(rng, size, shapes)[full]
 
     # Layers back to front: ("figure", keypoints, part masks) or ("occluder", mask). A new layer is
@@ -296,7 +296,7 @@ def render_figure_scene(rng: np.random.Generator, spec: FigureSceneSpec) -> Figu
             continue
         for _attempt in range(5):
             kind = ("circle", "square", "triangle", "hexagon", "star", "ellipse")[int(rng.integers(6))]
-            full, _ = _shape_mask(kind, size, rng, shapes)
+            full = _shape_mask(kind, size, rng, shapes)[0]
             if acceptable(full):
                 layers.append(("occluder", None, [full]))
                 break
