@@ -361,3 +361,22 @@ def test_predict_without_detection_takes_the_whole_image(figures_dataset, tmp_pa
     assert sorted(p.name for p in written) == ["000000_keypoints.json", "000000_overlay.png"]
     (result,) = json.loads((tmp_path / "out" / "000000_keypoints.json").read_text())
     assert result["bbox"] == [0.0, 0.0, 64.0, 64.0] and len(result["keypoints"]) == 3 * 14
+
+
+def test_detection_boxes_come_from_the_detection_familys_model(tmp_path, monkeypatch):
+    # The detection family's tiny model (trained by its own stage) supplies the boxes; every box
+    # it keeps is cropped and scored, and the metrics say where the boxes came from.
+    from visionflow.paths import TaskPaths
+    from visionflow.stages import evaluate, synthesize, train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    raw = tiny_params_dict(tasks=["detection", "pose"],
+                           pose={"evaluate": {"boxes": "detection", "detection_min_score": 0.0}})
+    params = parse_params(raw)
+    for task in ("detection", "pose"):
+        synthesize.run(params, task, tmp_path, progress=False)
+        train.run(params, task, tmp_path)
+    metrics = evaluate.run(params, "pose", tmp_path)
+    assert metrics["boxes"] == "detection" and 0.0 <= metrics["AP"] <= 1.0
+    results = json.loads((TaskPaths("pose", tmp_path).eval_reports / "keypoint_results.json").read_text())
+    assert metrics["predicted_instances"] > 0 and all(len(r["keypoints"]) == 3 * 14 for r in results)
