@@ -20,7 +20,7 @@ def error_for(**overrides) -> str:
 
 def test_the_project_params_load():
     params = load_params(REPO / "params.yaml")
-    assert params.tasks == ["segmentation"]
+    assert "segmentation" in params.tasks and "stereo" in params.tasks
     assert params.segmentation.registry.model_name == "visionflow-segmentation"
 
 

@@ -7,9 +7,12 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from conftest import BIN
+from visionflow.data.disparity import read_pfm
+from visionflow.stages import TASK_STAGES
 
 
 def dvc(project: Path, env: dict, *args: str) -> str:
@@ -25,8 +28,8 @@ def stages_run(output: str) -> set[str]:
 
 def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path, project_env: dict):
     out = dvc(tiny_project, project_env, "repro")
-    assert stages_run(out) == {"acquire", "synthesize@segmentation", "augment@segmentation",
-                               "train@segmentation", "evaluate@segmentation", "register@segmentation"}
+    tasks = yaml.safe_load((tiny_project / "params.yaml").read_text())["tasks"]
+    assert stages_run(out) == {"acquire"} | {f"{stage}@{task}" for task in tasks for stage in TASK_STAGES}
 
     metrics = json.loads((tiny_project / "metrics/segmentation.json").read_text())
     assert 0.0 <= metrics["mIoU"] <= 1.0 and set(metrics["iou"]) == {
@@ -70,6 +73,19 @@ def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path
                        capture_output=True)
     assert (tiny_project / "from_registry/000000_labels.png").read_bytes() == \
         (tiny_project / "from_checkpoint/000000_labels.png").read_bytes()
+
+    # Stereo: the registered champion (torch.export, one (N, 6, H, W) input) predicts what the checkpoint does.
+    if "stereo" in tasks:
+        assert json.loads((tiny_project / "metrics/stereo.json").read_text())["epe"] >= 0
+        scene = tiny_project / "data/synthetic/stereo/test/000000"
+        disparities = []
+        for model, out in (("models:/visionflow-stereo@champion", "stereo_registry"),
+                           ("models/stereo/best.ckpt", "stereo_checkpoint")):
+            subprocess.run([str(BIN / "visionflow"), "predict", "--task", "stereo", "--model", model, "--out",
+                            out, str(scene / "im0.png"), str(scene / "im1.png")], cwd=tiny_project,
+                           env=project_env, check=True, capture_output=True)
+            disparities.append(read_pfm(tiny_project / out / "im0_disparity.pfm"))
+        np.testing.assert_allclose(disparities[0], disparities[1], atol=1e-4)
 
     # Nothing changed: nothing runs.
     assert "Data and pipelines are up to date" in dvc(tiny_project, project_env, "status")
