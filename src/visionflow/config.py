@@ -314,6 +314,7 @@ class StereoModelParams(Strict):
 
 class StereoLossParams(Strict):
     scale_weights: tuple[float, float, float] = (0.5, 0.7, 1.0)  # smooth L1 at 1/4 volume, 1/2, full
+    beta: float = Field(1.0, gt=0)  # smooth L1's quadratic zone (px); smaller pushes sub-pixel errors harder
 
 
 class SelfSupervisedParams(Strict):

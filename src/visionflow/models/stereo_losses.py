@@ -23,8 +23,8 @@ def valid_disparity_mask(target: torch.Tensor, max_disparity: float) -> torch.Te
 
 
 def supervised_disparity_loss(predictions: Sequence[torch.Tensor], target: torch.Tensor,
-                              weights: Sequence[float], max_disparity: float) -> torch.Tensor:
-    """Weighted smooth L1 (beta 1 px) of each prediction against ``target`` on valid pixels.
+                              weights: Sequence[float], max_disparity: float, beta: float = 1.0) -> torch.Tensor:
+    """Weighted smooth L1 (quadratic below ``beta`` px) of each prediction against ``target`` on valid pixels.
 
     predictions: each ``(N, 1, H, W)``; target ``(N, 1, H, W)``. With no valid pixel the
     loss is a zero still tied to the graph.
@@ -35,7 +35,7 @@ def supervised_disparity_loss(predictions: Sequence[torch.Tensor], target: torch
     if not valid.any():
         return sum(p.sum() * 0.0 for p in predictions)
     safe_target = torch.where(valid, target, torch.zeros_like(target))
-    return sum(w * F.smooth_l1_loss(p[valid], safe_target[valid], beta=1.0)
+    return sum(w * F.smooth_l1_loss(p[valid], safe_target[valid], beta=beta)
                for w, p in zip(weights, predictions))
 
 

@@ -253,7 +253,8 @@ def build_layers(spec: StereoSceneSpec, rng: np.random.Generator) -> list[Layer]
         radius = np.exp(rng.uniform(np.log(0.05), np.log(0.45))) * min(width, height)
         cx = rng.uniform(-0.1, 1.1) * width
         cy = rng.uniform(-0.1, 1.1) * height
-        behind = float(background_at(np.float64(cx), np.float64(cy)))
+        # The background's value here (it may pass scene_max outside the frame).
+        behind = min(float(background_at(np.float64(cx), np.float64(cy))), scene_max)
         kind = rng.uniform()
         if kind < 0.4:
             inside = _convex_polygon(rng, cx, cy, radius)

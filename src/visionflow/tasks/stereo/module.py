@@ -51,8 +51,9 @@ class StereoModule(TaskModule):
 
     def model_step(self, batch: StereoBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         predictions = self(batch.left, batch.right)
-        supervised = supervised_disparity_loss(predictions, batch.disparity,
-                                               self.optim["loss"]["scale_weights"], self.max_disparity)
+        loss = self.optim["loss"]
+        supervised = supervised_disparity_loss(predictions, batch.disparity, loss["scale_weights"],
+                                               self.max_disparity, loss.get("beta", 1.0))
         losses = {"supervised": supervised}
         if self.training and self._self_supervised_active() and batch.real_left.numel():
             selfsup = self.optim["self_supervised"]
