@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import REPO, tiny_params_dict
-from visionflow.config import ConfigError, load_params, parse_params
+from visionflow.config import TASK_FAMILIES, ConfigError, load_params, parse_params
 from visionflow.stages import STAGE_PARAMS, TASK_STAGES, stage_params
 
 
@@ -20,7 +20,8 @@ def error_for(**overrides) -> str:
 
 def test_the_project_params_load():
     params = load_params(REPO / "params.yaml")
-    assert "segmentation" in params.tasks and "stereo" in params.tasks
+    assert params.tasks[0] == "segmentation" and set(params.tasks) <= set(TASK_FAMILIES)
+    assert "stereo" in params.tasks
     assert params.segmentation.registry.model_name == "visionflow-segmentation"
 
 
