@@ -1,6 +1,6 @@
 """Detection and instance segmentation: the default pipelines from scratch, stage times and COCO AP.
 
-    flock /work/tmp/cpu.lock python bench/detection.py [--tasks detection instance_segmentation]
+    python bench/detection.py [--tasks detection instance_segmentation]
                                                         [--set key=value ...] [--workdir DIR]
 
 Runs each family's five stages as ``dvc repro`` would (the real CLI, one process

@@ -13,7 +13,7 @@ from visionflow.data.coco import CocoFormatError, encode_mask
 from visionflow.models.boxes import box_iou, clip_boxes, coco_to_xyxy, mask_boxes, xyxy_to_coco
 from visionflow.models.centernet import (CenterNet, centernet_loss, decode_detections, encode_targets,
                                          gaussian_radius, heatmap_focal_loss)
-from visionflow.tasks.detection.results import (detections_to_results, read_results, results_without_masks,
+from visionflow.tasks.boxes.results import (detections_to_results, read_results, results_without_masks,
                                                 write_results)
 
 # --- boxes --------------------------------------------------------------------------------
@@ -167,18 +167,18 @@ def write_coco(folder, annotations, size=32):
     ([2, 2, 3, 4], 5, "annotation id 41: field 'category_id' refers to unknown category 5"),
 ])
 def test_malformed_annotations_name_the_annotation(tmp_path, bbox, category, message):
-    from visionflow.tasks.detection.data import DetectionDataModule
+    from visionflow.tasks.boxes.data import DetectionData
 
     write_coco(tmp_path, [{"id": 41, "image_id": 1, "category_id": category, "bbox": bbox, "area": 12,
                            "iscrowd": 0}])
     with pytest.raises(CocoFormatError) as caught:
-        DetectionDataModule(tmp_path, batch_size=1)
+        DetectionData(tmp_path, batch_size=1)
     assert message in str(caught.value) and "train.json" in str(caught.value)
 
 
 def test_boxes_leaving_the_image_are_clipped_or_dropped_with_their_masks(tmp_path):
     from visionflow.config import BoxAugmentParams
-    from visionflow.tasks.detection.data import CocoDetectionDataset, build_box_transforms, load_split
+    from visionflow.tasks.boxes.data import CocoDetectionDataset, build_box_transforms, load_split
 
     masks = np.zeros((3, 32, 32), bool)
     masks[0, 4:12, 4:12] = True  # stays inside after the shift
@@ -219,7 +219,7 @@ def test_box_only_datasets_preview_without_mask_checks_and_masks_are_required_fo
 
     from visionflow.config import parse_params
     from visionflow.tasks import get_task
-    from visionflow.tasks.detection.data import CocoDetectionDataset, load_split
+    from visionflow.tasks.boxes.data import CocoDetectionDataset, load_split
 
     write_coco(tmp_path, [{"id": 5, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 12], "area": 120}])
     params = parse_params(tiny_params_dict()).detection

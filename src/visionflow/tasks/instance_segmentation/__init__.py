@@ -1,7 +1,7 @@
 """Instance segmentation: shapes scenes with exact masks, a CPU-sized Mask R-CNN, box and mask AP.
 
-The data, augmentation, evaluation and export are detection's (``with_masks``):
-see ``visionflow.tasks.detection``. What differs lives in this package's modules.
+Data, augmentation, evaluation, export and predict are shared with detection
+(``with_masks``): see :mod:`visionflow.tasks.boxes`. The model lives in ``module.py``.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from visionflow.tasks import register_task
-from visionflow.tasks.detection import Detection
+from visionflow.tasks.boxes import BoxFamily
 
 
 @register_task
-class InstanceSegmentation(Detection):
+class InstanceSegmentation(BoxFamily):
     name = "instance_segmentation"
     primary_metric = "mask_AP"
     monitor = "val/mask_AP"

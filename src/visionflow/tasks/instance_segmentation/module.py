@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from visionflow.models.detectors import MaskRCNNDetector, build_mask_rcnn
-from visionflow.tasks.detection.module import BoxTaskModule
+from visionflow.tasks.boxes.module import BoxTaskModule
 
 
 class InstanceSegmentationModule(BoxTaskModule):

@@ -9,7 +9,7 @@ import torch
 
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.images import read_rgb, write_png
-from visionflow.tasks.detection.results import detections_to_results, write_results
+from visionflow.tasks.boxes.results import detections_to_results, write_results
 from visionflow.viz import draw_boxes, overlay_instances, palette
 
 OVERLAY_SCORE = 0.3

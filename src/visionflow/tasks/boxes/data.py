@@ -12,7 +12,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -150,10 +149,14 @@ def detection_collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Ten
     return images, targets
 
 
-class DetectionDataModule(L.LightningDataModule):
+class DetectionData:
+    """Train and validation loaders (what ``training.train_task`` needs from a family's data).
+
+    Plain torch, so stages that only read data do not pay for importing Lightning.
+    """
+
     def __init__(self, data_root: Path, batch_size: int, train_transform: Any = None,
                  with_masks: bool = False, num_workers: int = 0, seed: int = 0):
-        super().__init__()
         self.data_root = Path(data_root)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.train = CocoDetectionDataset(load_split(self.data_root, "train"), train_transform, with_masks)

@@ -21,8 +21,8 @@ from tqdm import tqdm
 from visionflow.coco_eval import CocoEvaluation, evaluate_coco
 from visionflow.config import DetectionEvaluateParams
 from visionflow.tasks.base import EvalOutputs
-from visionflow.tasks.detection.data import CocoDetectionDataset, detection_collate, load_split
-from visionflow.tasks.detection.results import (detections_to_results, read_results, results_without_masks,
+from visionflow.tasks.boxes.data import CocoDetectionDataset, detection_collate, load_split
+from visionflow.tasks.boxes.results import (detections_to_results, read_results, results_without_masks,
                                                 write_results)
 from visionflow.viz import draw_boxes, overlay_instances, palette, save_grid, save_pr_curves
 
