@@ -22,6 +22,15 @@ TINY_OVERRIDES = {
         "train": {"epochs": 1, "batch_size": 8},
         "evaluate": {"overlays": 2},
     },
+    "stereo": {
+        "synth": {"splits": {"train": 8, "val": 2, "test": 2}, "height": 32, "width": 64,
+                  "max_disparity": 16.0, "supersample": 1, "workers": 1},
+        "augment": {"crop": [32, 48]},
+        "model": {"max_disparity": 16, "channels": [4, 8, 8], "groups": 4, "aggregation_channels": 4,
+                  "refine_channels": [4, 4]},
+        "train": {"epochs": 1, "batch_size": 4},
+        "evaluate": {"overlays": 2},
+    },
     "detection": {
         "synth": {"splits": {"train": 8, "val": 4, "test": 4}, "image_size": 64, "max_objects": 4,
                   "min_radius": 5.0, "max_radius": 14.0},

@@ -22,6 +22,7 @@ def error_for(**overrides) -> str:
 def test_the_project_params_load():
     params = load_params(REPO / "params.yaml")
     assert params.tasks[0] == "segmentation" and set(params.tasks) <= set(TASK_FAMILIES)
+    assert "stereo" in params.tasks
     assert params.segmentation.registry.model_name == "visionflow-segmentation"
 
 

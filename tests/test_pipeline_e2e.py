@@ -7,10 +7,13 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from conftest import BIN
+from visionflow.data.disparity import read_pfm
+from visionflow.stages import TASK_STAGES
 
 
 def dvc(project: Path, env: dict, *args: str) -> str:
@@ -27,8 +30,7 @@ def stages_run(output: str) -> set[str]:
 def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path, project_env: dict):
     out = dvc(tiny_project, project_env, "repro")
     tasks = yaml.safe_load((tiny_project / "params.yaml").read_text())["tasks"]
-    assert stages_run(out) == {"acquire"} | {f"{stage}@{task}" for task in tasks for stage in
-                                             ("synthesize", "augment", "train", "evaluate", "register")}
+    assert stages_run(out) == {"acquire"} | {f"{stage}@{task}" for task in tasks for stage in TASK_STAGES}
 
     metrics = json.loads((tiny_project / "metrics/segmentation.json").read_text())
     assert 0.0 <= metrics["mIoU"] <= 1.0 and set(metrics["iou"]) == {
@@ -82,6 +84,19 @@ def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path
         registry = json.loads((tiny_project / "pose_registry/000000_keypoints.json").read_text())
         checkpoint = json.loads((tiny_project / "pose_checkpoint/000000_keypoints.json").read_text())
         assert registry[0]["keypoints"] == pytest.approx(checkpoint[0]["keypoints"], abs=1e-3)
+
+    # Stereo: the registered champion (torch.export, one (N, 6, H, W) input) predicts what the checkpoint does.
+    if "stereo" in tasks:
+        assert json.loads((tiny_project / "metrics/stereo.json").read_text())["epe"] >= 0
+        scene = tiny_project / "data/synthetic/stereo/test/000000"
+        disparities = []
+        for model, out in (("models:/visionflow-stereo@champion", "stereo_registry"),
+                           ("models/stereo/best.ckpt", "stereo_checkpoint")):
+            subprocess.run([str(BIN / "visionflow"), "predict", "--task", "stereo", "--model", model, "--out",
+                            out, str(scene / "im0.png"), str(scene / "im1.png")], cwd=tiny_project,
+                           env=project_env, check=True, capture_output=True)
+            disparities.append(read_pfm(tiny_project / out / "im0_disparity.pfm"))
+        np.testing.assert_allclose(disparities[0], disparities[1], atol=1e-4)
 
     # Nothing changed: nothing runs.
     assert "Data and pipelines are up to date" in dvc(tiny_project, project_env, "status")

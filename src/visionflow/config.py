@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-TASK_FAMILIES = ("segmentation", "detection", "instance_segmentation", "pose")
+TASK_FAMILIES = ("segmentation", "detection", "instance_segmentation", "pose", "stereo")
 
 
 class ConfigError(ValueError):
@@ -70,7 +70,7 @@ class DatasetSource(Strict):
     url: str | None = None  # http(s):// or file://
     path: str | None = None  # a local folder or archive, relative to the project
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
-    format: Literal["coco", "image_folder"] = "coco"
+    format: Literal["coco", "image_folder", "middlebury", "kitti"] = "coco"  # stereo: visionflow.data.stereo
 
     @model_validator(mode="after")
     def _one_location(self) -> "DatasetSource":
@@ -491,6 +491,173 @@ class PoseParams(Strict):
     registry: RegisterParams = Field(alias="register")
 
 
+# --- stereo -------------------------------------------------------------------------------
+
+
+class StereoSynthParams(Strict):
+    """The layered stereo scene generator (``data/synth/stereo.py``)."""
+
+    seed: int = 0
+    splits: dict[Literal["train", "val", "test"], int] = Field(
+        default_factory=lambda: {"train": 1000, "val": 48, "test": 96})
+    height: int = Field(96, ge=16, le=2048)
+    width: int = Field(160, ge=16, le=4096)
+    max_disparity: float = Field(48.0, gt=0)
+    min_objects: int = Field(2, ge=0)
+    max_objects: int = Field(7, ge=0)
+    max_thin: int = Field(3, ge=0)
+    slant: float = Field(0.25, ge=0, lt=0.9)
+    ground_probability: float = Field(0.4, ge=0, le=1)
+    texture_weights: dict[Literal["dead_leaves", "pink_noise", "leaves_noise", "grating", "uniform", "photo"],
+                          float] = Field(default_factory=lambda: {
+                              "dead_leaves": 0.35, "pink_noise": 0.25, "leaves_noise": 0.2, "grating": 0.1,
+                              "uniform": 0.1})
+    noise_std: float = Field(4.0, ge=0)
+    blur_probability: float = Field(0.3, ge=0, le=1)
+    photometric_difference: float = Field(0.08, ge=0, le=0.5)
+    specular_probability: float = Field(0.2, ge=0, le=1)
+    vignetting: float = Field(0.4, ge=0, le=1)
+    supersample: int = Field(2, ge=1, le=4)
+    workers: int = Field(1, ge=1)  # render processes; the files are identical for any count
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "StereoSynthParams":
+        if self.min_objects > self.max_objects:
+            raise ValueError("min_objects must be <= max_objects")
+        if "train" not in self.splits or "test" not in self.splits:
+            raise ValueError("splits needs at least train and test")
+        if not self.texture_weights or any(w < 0 for w in self.texture_weights.values()) \
+                or sum(self.texture_weights.values()) <= 0:
+            raise ValueError("texture_weights needs a positive weight, none negative")
+        return self
+
+
+class StereoDataParams(DataParams):
+    """``source``: ``synthetic`` or an acquired middlebury/kitti dataset; which of its splits to use."""
+
+    train_split: str = "train"
+    val_split: str = "val"  # falls back to test_split when the dataset has no such split
+    test_split: str = "test"
+
+
+class StereoAugmentParams(Strict):
+    """Training augmentation that keeps the epipolar geometry and the disparity exact.
+
+    ``per_view`` transforms are drawn independently for the left and the right
+    image (photometric differences between cameras); ``both_views`` with the same
+    draw for both. Both accept albumentations image-only (pixel-level) transforms
+    only: a geometric transform of one view would move pixels off their epipolar
+    line or change disparities. Geometry is done here, on both views and the
+    disparity together: a random crop, a vertical flip, and an occluding patch
+    pasted into the right image.
+    """
+
+    crop: tuple[int, int] = (64, 128)  # (height, width), multiples of 8
+    vertical_flip: float = Field(0.5, ge=0, le=1)
+    occlusion_patch: float = Field(0.2, ge=0, le=1)  # chance of a patch hiding part of the right view
+    per_view: list[TransformSpec] = Field(default_factory=list)
+    both_views: list[TransformSpec] = Field(default_factory=list)
+
+    @field_validator("crop")
+    @classmethod
+    def _crop(cls, crop: tuple[int, int]) -> tuple[int, int]:
+        if any(c < 16 or c % 8 for c in crop):
+            raise ValueError(f"crop sides must be multiples of 8 and >= 16, got {list(crop)}")
+        return crop
+
+
+class StereoModelParams(Strict):
+    max_disparity: int = Field(48, ge=8)  # cost volume range in px; wider ranges are downscaled at inference
+    channels: tuple[int, int, int] = (16, 24, 32)  # feature channels at 1, 1/2, 1/4 resolution
+    groups: int = Field(8, ge=1)  # group-wise correlation groups (divide channels[2])
+    aggregation_channels: int = Field(16, ge=1)
+    refine_channels: tuple[int, int] = (32, 16)  # refinement at 1/2 and full resolution (0: no full-res level)
+    refine_radius: int = Field(2, ge=0)  # local correlation offsets -r..r px per refinement level
+    upsample: Literal["bilinear", "convex"] = "convex"  # x2 steps between levels
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "StereoModelParams":
+        if self.max_disparity % 8:
+            raise ValueError(f"max_disparity must be a multiple of 8, got {self.max_disparity}")
+        if self.channels[2] % self.groups:
+            raise ValueError(f"groups ({self.groups}) must divide channels[2] ({self.channels[2]})")
+        if min(self.channels) < 1 or self.refine_channels[0] < 1 or self.refine_channels[1] < 0:
+            raise ValueError("channel counts must be >= 1 (refine_channels[1] may be 0: no full-res level)")
+        return self
+
+
+class StereoLossParams(Strict):
+    scale_weights: tuple[float, float, float] = (0.5, 0.7, 1.0)  # smooth L1 at 1/4 volume, 1/2, full
+    beta: float = Field(1.0, gt=0)  # smooth L1's quadratic zone (px); smaller pushes sub-pixel errors harder
+
+
+class SelfSupervisedParams(Strict):
+    """Self-supervised refinement on unlabelled real pairs, a second phase of training.
+
+    From ``start_epoch`` on, every step adds the photometric / smoothness / left-right
+    loss on a batch of real pairs from ``source`` (an acquired middlebury or kitti
+    dataset; its disparities, if any, are not used) to the synthetic supervised
+    loss weighted by ``supervised_weight`` (0: real pairs only).
+    """
+
+    source: str | None = None  # null: off
+    split: str = "training"
+    start_epoch: int = Field(0, ge=0)
+    weight: float = Field(1.0, ge=0)
+    supervised_weight: float = Field(1.0, ge=0)
+    ssim_weight: float = Field(0.85, ge=0, le=1)  # photometric = w * (1 - SSIM) / 2 + (1 - w) * L1
+    smoothness: float = Field(0.05, ge=0)  # edge-aware smoothness of d / mean(d)
+    left_right: float = Field(0.1, ge=0)  # |d_left - d_right warped into the left| (px / max_disparity)
+    downscale: float = Field(1.0, ge=1)  # shrink real images first so their disparities fit max_disparity
+    batch_size: int | None = Field(None, ge=1)  # default: train.batch_size
+
+
+class StereoTrainParams(OptimParams):
+    loss: StereoLossParams = Field(default_factory=StereoLossParams)
+    self_supervised: SelfSupervisedParams = Field(default_factory=SelfSupervisedParams)
+
+
+class StereoSplitRef(Strict):
+    source: str  # "synthetic" or an acquired dataset name
+    split: str
+
+
+class SgbmParams(Strict):
+    """OpenCV StereoSGBM, the classical baseline (P1 = 8 * 3 * block^2, P2 = 32 * 3 * block^2)."""
+
+    block_size: int = Field(5, ge=1, le=15)
+    mode: Literal["sgbm", "hh", "3way", "hh4"] = "hh"
+    uniqueness_ratio: int = Field(5, ge=0, le=100)
+    speckle_window_size: int = Field(50, ge=0)
+    speckle_range: int = Field(2, ge=0)
+    disp12_max_diff: int = Field(1, ge=-1)
+    fill_invalid: bool = True  # fill invalid pixels from their row neighbours (KITTI devkit) before scoring
+
+    @field_validator("block_size")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"must be odd, got {value}")
+        return value
+
+
+class StereoEvaluateParams(EvaluateParams):
+    """Scores ``data.source``'s test split, then every split listed in ``splits``."""
+
+    splits: list[StereoSplitRef] = Field(default_factory=list)
+    sgbm: SgbmParams = Field(default_factory=SgbmParams)
+
+
+class StereoParams(Strict):
+    synth: StereoSynthParams = Field(default_factory=StereoSynthParams)
+    data: StereoDataParams = Field(default_factory=StereoDataParams)
+    augment: StereoAugmentParams = Field(default_factory=StereoAugmentParams)
+    model: StereoModelParams = Field(default_factory=StereoModelParams)
+    train: StereoTrainParams
+    evaluate: StereoEvaluateParams = Field(default_factory=StereoEvaluateParams)
+    registry: RegisterParams = Field(alias="register")
+
+
 # --- the whole file -----------------------------------------------------------------------
 
 
@@ -503,6 +670,7 @@ class Params(Strict):
     detection: DetectionParams | None = None
     instance_segmentation: InstanceSegmentationParams | None = None
     pose: PoseParams | None = None
+    stereo: StereoParams | None = None
 
     @model_validator(mode="after")
     def _enabled_tasks_configured(self) -> "Params":

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from visionflow.config import AcquireParams, DatasetSource
 from visionflow.data.coco import load_coco
 from visionflow.data.images import list_images
+from visionflow.data.stereo import STEREO_FORMATS, check_stereo_dataset, list_splits
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
 CHUNK = 1 << 20
@@ -121,8 +122,16 @@ def extract_archive(archive: Path, target: Path) -> None:
 def _dataset_root(folder: Path, source: DatasetSource) -> Path:
     """Archives often wrap a COCO dataset in one folder: then that folder is the root.
 
-    Image folders keep their layout (a single subfolder may be a class).
+    Image folders keep their layout (a single subfolder may be a class). Stereo datasets
+    are unwrapped until a folder holds split folders of their layout.
     """
+    if source.format in STEREO_FORMATS:
+        while not list_splits(folder):
+            entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+            if not (len(entries) == 1 and entries[0].is_dir()):
+                break
+            folder = entries[0]
+        return folder
     if source.format != "coco" or any(folder.glob("*.json")):
         return folder
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -136,6 +145,11 @@ def check_format(root: Path, source: DatasetSource, name: str) -> dict[str, int]
         if not images:
             raise AcquireError(f"dataset {name}: no images found under {root}")
         return {"images": len(images)}
+    if source.format in STEREO_FORMATS:
+        try:
+            return check_stereo_dataset(root, source.format)
+        except (OSError, ValueError) as exc:
+            raise AcquireError(f"dataset {name}: {exc}") from None
     coco_files = sorted(root.glob("*.json"))
     if not coco_files:
         raise AcquireError(f"dataset {name}: a COCO dataset needs <split>.json files at its top level")

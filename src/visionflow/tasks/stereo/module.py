@@ -1,0 +1,94 @@
+"""Lightning module for stereo: supervised smooth L1 on synthetic pairs, optional self-supervision.
+
+Batches are :class:`~visionflow.tasks.stereo.data.StereoBatch`. Self-supervision
+(``train.self_supervised``) is a second phase of the same fit: from its
+``start_epoch`` on, the photometric / smoothness / left-right loss on real
+unlabelled pairs joins the synthetic supervised loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from visionflow.models.stereo import StereoNet
+from visionflow.models.stereo_losses import (self_supervised_losses, supervised_disparity_loss,
+                                             valid_disparity_mask)
+from visionflow.tasks.lightning_base import TaskModule
+from visionflow.tasks.stereo.data import StereoBatch
+
+
+def pad_to_stride(images: torch.Tensor, stride: int) -> tuple[torch.Tensor, int, int]:
+    """Replicate-pad ``(N, C, H, W)`` at the bottom/right to multiples of ``stride``."""
+    h, w = images.shape[-2:]
+    pad_h, pad_w = (-h) % stride, (-w) % stride
+    if pad_h or pad_w:
+        images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+    return images, h, w
+
+
+class StereoModule(TaskModule):
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any]):
+        super().__init__(optim)
+        self.save_hyperparameters()
+        self.net = StereoNet(max_disparity=model["max_disparity"], channels=tuple(model["channels"]),
+                             groups=model["groups"], aggregation_channels=model["aggregation_channels"],
+                             refine_channels=tuple(model["refine_channels"]),
+                             refine_radius=model["refine_radius"], upsample=model["upsample"])
+        self.max_disparity = float(model["max_disparity"])
+        self.register_buffer("val_sums", torch.zeros(3, dtype=torch.float64), persistent=False)
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> list[torch.Tensor]:
+        """left, right ``(N, 3, H, W)`` in [0, 1], any size -> disparities ``(N, 1, H, W)``, coarse first."""
+        both, h, w = pad_to_stride(torch.cat([left, right], 1), self.net.stride)
+        return [d[..., :h, :w] for d in self.net(both[:, :3], both[:, 3:])]
+
+    def _self_supervised_active(self) -> bool:
+        selfsup = self.optim["self_supervised"]
+        return selfsup["source"] is not None and self.current_epoch >= selfsup["start_epoch"]
+
+    def model_step(self, batch: StereoBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        predictions = self(batch.left, batch.right)
+        loss = self.optim["loss"]
+        supervised = supervised_disparity_loss(predictions, batch.disparity, loss["scale_weights"],
+                                               self.max_disparity, loss.get("beta", 1.0))
+        losses = {"supervised": supervised}
+        if self.training and self._self_supervised_active() and batch.real_left.numel():
+            selfsup = self.optim["self_supervised"]
+            terms = self.self_supervised_step(batch.real_left, batch.real_right, selfsup["ssim_weight"])
+            unsupervised = (terms["photometric"] + selfsup["smoothness"] * terms["smoothness"]
+                            + selfsup["left_right"] * terms["left_right"])
+            losses.update(terms)
+            losses["loss"] = selfsup["supervised_weight"] * supervised + selfsup["weight"] * unsupervised
+        else:
+            losses["loss"] = supervised
+        return predictions[-1], losses
+
+    def self_supervised_step(self, left: torch.Tensor, right: torch.Tensor, ssim_weight: float
+                             ) -> dict[str, torch.Tensor]:
+        """Both views' disparities in one pass (the right one from the mirrored, swapped pair)."""
+        n = len(left)
+        disparity = self(torch.cat([left, right.flip(-1)]), torch.cat([right, left.flip(-1)]))[-1]
+        disparity_left, disparity_right = disparity[:n], disparity[n:].flip(-1)
+        return self_supervised_losses(disparity_left, disparity_right, left, right, ssim_weight,
+                                      self.max_disparity)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_sums.zero_()
+
+    def validation_step(self, batch: StereoBatch, batch_idx: int) -> None:
+        prediction, losses = self.model_step(batch)
+        self.log("val/loss", losses["loss"], on_epoch=True, batch_size=len(batch.left))
+        valid = valid_disparity_mask(batch.disparity, float("inf"))
+        error = (prediction - batch.disparity)[valid].abs().double()
+        self.val_sums += torch.stack([error.sum(), (error > 1).sum().double(),
+                                      torch.tensor(float(error.numel()), dtype=torch.float64,
+                                                   device=error.device)])
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self.trainer.strategy.reduce(self.val_sums, reduce_op="sum")
+        pixels = sums[2].clamp_min(1)
+        self.log("val/epe", (sums[0] / pixels).float())
+        self.log("val/bad1", (100 * sums[1] / pixels).float())

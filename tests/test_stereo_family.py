@@ -1,0 +1,109 @@
+"""The stereo family end to end on tiny data: augmentation checks, self-supervision, predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_params_dict
+from visionflow.config import ConfigError, TrainerParams, parse_params
+from visionflow.data.disparity import read_pfm
+from visionflow.data.images import read_rgb, write_png
+from visionflow.paths import TaskPaths
+from visionflow.tasks import get_task
+from visionflow.tasks.stereo.data import StereoAugmenter
+
+
+def stereo_params(**overrides):
+    return parse_params(tiny_params_dict(stereo=overrides)).task("stereo")
+
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    get_task("stereo").synthesize(stereo_params(), TaskPaths("stereo", root).synthetic, progress=False)
+    return root
+
+
+def test_geometric_transforms_are_refused_by_name():
+    params = stereo_params(augment={"per_view": [{"name": "HorizontalFlip"}]})
+    with pytest.raises(ConfigError, match=r"stereo.augment.per_view\[0\].name: HorizontalFlip is a geometric"):
+        StereoAugmenter(params.augment, seed=0)
+
+
+def test_bad_stereo_params_name_the_key():
+    with pytest.raises(ConfigError, match="stereo.model: max_disparity must be a multiple of 8"):
+        stereo_params(model={"max_disparity": 20})
+    with pytest.raises(ConfigError, match="stereo.augment.crop: crop sides must be multiples of 8"):
+        stereo_params(augment={"crop": [30, 48]})
+
+
+def test_augment_check_passes_and_catches_a_broken_geometry(tiny_synthetic, tmp_path, monkeypatch):
+    family, params = get_task("stereo"), stereo_params()
+    data_root = TaskPaths("stereo", tiny_synthetic).synthetic
+    check = family.augment_preview(params, data_root, tmp_path / "augment.png")
+    assert (tmp_path / "augment.png").is_file() and check["max_warp_error_ratio"] < 1.2
+
+    original = StereoAugmenter.geometry
+
+    def mirrored(self, left, right, disparity, crop):  # a horizontal flip: epipolar order broken
+        left, right, disparity = original(self, left, right, disparity, crop)
+        return left[:, ::-1].copy(), right[:, ::-1].copy(), disparity[:, ::-1].copy()
+
+    monkeypatch.setattr(StereoAugmenter, "geometry", mirrored)
+    with pytest.raises(ValueError, match="stereo.augment: after the augmentation's geometry"):
+        family.augment_preview(params, data_root, tmp_path / "augment.png")
+
+
+def make_unlabelled_real(folder: Path, count: int = 3) -> None:
+    """Middlebury-style real pairs without disparity files (a shifted texture, 40x64)."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        texture = rng.integers(0, 255, (40, 80, 3), dtype=np.uint8)
+        write_png(folder / f"scene{i}" / "im0.png", texture[:, 10:74])
+        write_png(folder / f"scene{i}" / "im1.png", texture[:, 14:78])
+
+
+def test_self_supervised_phase_adds_photometric_terms(tiny_synthetic):
+    make_unlabelled_real(tiny_synthetic / "data" / "raw" / "street" / "training")
+    params = stereo_params(train={"self_supervised": {"source": "street", "start_epoch": 0}})
+    family = get_task("stereo")
+    datamodule = family.datamodule(params, TaskPaths("stereo", tiny_synthetic).synthetic, TrainerParams())
+    module = family.module(params, datamodule)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch.real_left.shape == batch.left.shape
+    module.train()
+    _, losses = module.model_step(batch)
+    assert {"supervised", "photometric", "smoothness", "left_right", "loss"} <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    assert all(p.grad is not None for p in module.net.parameters() if p.requires_grad)
+    # Before start_epoch only the supervised loss counts.
+    late = stereo_params(train={"self_supervised": {"source": "street", "start_epoch": 5}})
+    _, losses = family.module(late, datamodule).model_step(batch)
+    assert set(losses) == {"supervised", "loss"}
+
+
+def test_missing_self_supervised_source_names_it(tiny_synthetic):
+    params = stereo_params(train={"self_supervised": {"source": "nowhere"}})
+    with pytest.raises(FileNotFoundError, match="data source 'nowhere' not found"):
+        get_task("stereo").datamodule(params, TaskPaths("stereo", tiny_synthetic).synthetic, TrainerParams())
+
+
+def test_predict_writes_a_pfm_and_a_colour_map(tiny_synthetic, tmp_path):
+    family, params = get_task("stereo"), stereo_params()
+    data_root = TaskPaths("stereo", tiny_synthetic).synthetic
+    datamodule = family.datamodule(params, data_root, TrainerParams())
+    exported = family.export(family.module(params, datamodule), data_root)
+    assert exported.example.shape[:2] == (2, 6)
+    scene = data_root / "test" / "000000"
+    written = family.predict(exported.module, [scene / "im0.png", scene / "im1.png"], tmp_path,
+                             torch.device("cpu"))
+    assert [p.name for p in written] == ["im0_disparity.pfm", "im0_disparity.png"]
+    disparity = read_pfm(written[0])
+    assert disparity.shape == read_rgb(scene / "im0.png").shape[:2] and np.isfinite(disparity).all()
+    with pytest.raises(Exception, match="LEFT RIGHT image pairs"):
+        family.predict(exported.module, [scene / "im0.png"], tmp_path, torch.device("cpu"))

@@ -1,0 +1,128 @@
+"""Stereo network pieces: soft-argmin, correlation volume, warping, any-size inference, losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from visionflow.models.stereo import (StereoInference, StereoNet, convex_upsample, group_correlation_volume,
+                                      infer_disparity, soft_argmin, warp_right_to_left)
+from visionflow.models.stereo_losses import (self_supervised_losses, supervised_disparity_loss,
+                                             valid_disparity_mask)
+
+
+@pytest.mark.parametrize("k", [0, 3, 11])
+def test_soft_argmin_of_a_one_hot_cost_returns_that_disparity(k):
+    cost = torch.zeros(2, 12, 3, 4)
+    cost[:, k] = -50.0  # the lowest cost by far
+    np.testing.assert_allclose(soft_argmin(cost).numpy(), np.full((2, 1, 3, 4), float(k)), atol=1e-4)
+
+
+def test_soft_argmin_between_two_equal_minima_is_their_mean():
+    cost = torch.full((1, 8, 1, 1), 50.0)
+    cost[0, 2] = cost[0, 5] = 0.0
+    assert abs(float(soft_argmin(cost)) - 3.5) < 1e-4
+
+
+def test_correlation_volume_peaks_at_the_true_shift():
+    generator = torch.Generator().manual_seed(0)
+    right = torch.randn(1, 128, 6, 40, generator=generator)
+    left = torch.zeros_like(right)
+    left[..., 3:] = right[..., :-3]  # left[x] = right[x - 3]: disparity 3
+    volume = group_correlation_volume(left, right, 8, groups=4)
+    assert volume.shape == (1, 4, 8, 6, 40)
+    assert (volume.mean(1)[0, :, :, 10:].argmax(0) == 3).all()
+    assert (volume[:, :, 5, :, :5] == 0).all()  # no right pixel to compare with
+
+
+def test_warp_by_integer_disparity_is_exact_and_reports_outside():
+    right = torch.arange(2 * 3 * 4 * 10, dtype=torch.float32).view(2, 3, 4, 10)
+    warped, inside = warp_right_to_left(right, torch.full((2, 1, 4, 10), 2.0))
+    torch.testing.assert_close(warped[..., 2:], right[..., :-2])
+    assert (inside[..., :2] == 0).all() and (inside[..., 2:] == 1).all()
+
+
+def test_warp_gradcheck_on_disparity():
+    right = torch.randn(1, 2, 3, 7, dtype=torch.float64)
+    disparity = (torch.rand(1, 1, 3, 7, dtype=torch.float64) * 2 + 1.2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda d: warp_right_to_left(right, d)[0], (disparity,))
+
+
+def test_inference_pads_any_size_and_keeps_shape():
+    model = StereoInference(StereoNet(max_disparity=16, channels=(4, 8, 8), groups=4,
+                                      aggregation_channels=4, refine_channels=(4, 4))).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 6, 21, 35))
+    assert out.shape == (2, 1, 21, 35) and torch.isfinite(out).all() and (out >= 0).all()
+    assert float(model.max_disparity) == 16
+
+
+class ConstantDisparity(torch.nn.Module):
+    """Answers 10 px everywhere and records the sizes it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, pair):
+        self.sizes.append(tuple(pair.shape[-2:]))
+        return torch.full((pair.shape[0], 1, *pair.shape[-2:]), 10.0)
+
+
+def test_wider_ranges_are_matched_downscaled_and_rescaled():
+    model = ConstantDisparity()
+    out = infer_disparity(model, torch.rand(1, 6, 40, 80), trained_max=48, max_disparity=96)
+    assert model.sizes == [(20, 40)]  # half size: the range fits the model
+    assert out.shape == (1, 1, 40, 80)
+    torch.testing.assert_close(out, torch.full_like(out, 20.0))  # 10 px at half size = 20 px
+    model.sizes.clear()
+    out = infer_disparity(model, torch.rand(1, 6, 40, 80), trained_max=48, max_disparity=30)
+    assert model.sizes == [(40, 80)] and float(out.mean()) == 10.0
+
+
+def test_unknown_range_is_probed_then_matched_at_the_right_scale():
+    model = ConstantDisparity()  # 10 px at the probe's size
+    out = infer_disparity(model, torch.rand(1, 6, 100, 960), trained_max=48)
+    # probe at 960 / (4 * 48) = 5x smaller: 10 px there is 50 px, * 1.15 = 57.5 > 48 -> 1.2x smaller
+    assert model.sizes[0] == (20, 192) and model.sizes[1] == (83, 801)  # 960 / (57.5 / 48) = 801.4
+    assert out.shape == (1, 1, 100, 960)
+
+
+def test_supervised_loss_skips_invalid_and_out_of_range_pixels():
+    target = torch.tensor([[[[1.0, float("inf"), 60.0, 4.0]]]])
+    prediction = torch.tensor([[[[1.0, 0.0, 0.0, 6.0]]]], requires_grad=True)
+    assert valid_disparity_mask(target, 48).tolist() == [[[[True, False, False, True]]]]
+    loss = supervised_disparity_loss([prediction], target, [1.0], 48)
+    # smooth L1 (beta 1): errors 0 and 2 -> (0 + 1.5) / 2
+    assert abs(loss.item() - 0.75) < 1e-6
+    loss.backward()
+    assert prediction.grad[0, 0, 0, 1] == 0 and prediction.grad[0, 0, 0, 2] == 0
+    empty = supervised_disparity_loss([prediction], torch.full_like(target, float("inf")), [1.0], 48)
+    assert float(empty) == 0 and empty.requires_grad
+
+
+def test_self_supervised_terms_prefer_the_true_disparity():
+    generator = torch.Generator().manual_seed(0)
+    right = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 24, 72, generator=generator), 3, 1, 1)
+    left = torch.zeros_like(right)
+    left[..., 4:] = right[..., :-4]  # constant disparity 4
+    true = torch.full((1, 1, 24, 72), 4.0)
+    right_view = torch.full((1, 1, 24, 72), 4.0)
+    good = self_supervised_losses(true, right_view, left, right, 0.85, 48)
+    bad = self_supervised_losses(true + 2, right_view + 2, left, right, 0.85, 48)
+    assert good["photometric"] < bad["photometric"] / 3
+    assert float(good["left_right"]) == 0 and float(good["smoothness"]) == 0
+    inconsistent = self_supervised_losses(true, right_view + 3, left, right, 0.85, 48)
+    assert abs(float(inconsistent["left_right"]) - 3 / 48) < 1e-6
+
+
+def test_convex_upsampling_copies_a_chosen_neighbour_and_scales_disparity():
+    disparity = torch.arange(12, dtype=torch.float32).view(1, 1, 3, 4)
+    mask = torch.full((1, 9 * 4, 3, 4), -30.0)
+    mask.view(1, 9, 2, 2, 3, 4)[:, 4] = 30.0  # all weight on the centre neighbour
+    fine = convex_upsample(disparity, mask, 2)
+    assert fine.shape == (1, 1, 6, 8)
+    torch.testing.assert_close(fine, 2 * disparity.repeat_interleave(2, 2).repeat_interleave(2, 3))
+    uniform = convex_upsample(torch.full((1, 1, 3, 4), 5.0), torch.zeros(1, 36, 3, 4), 2)
+    torch.testing.assert_close(uniform[..., 2:-2, 2:-2], torch.full((1, 1, 2, 4), 10.0))
