@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from conftest import BIN, REPO
 
 # Runs the flow in Prefect's ephemeral mode, then asks the same (still running)
@@ -38,7 +40,8 @@ def test_flow_runs_stages_as_task_runs_and_leaves_dvc_clean(tiny_project: Path, 
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     report = json.loads(result.stdout.split("REPORT", 1)[1])
     assert [state for _, state in report["flow_runs"]] == ["COMPLETED"]
-    expected = {"acquire"} | {f"{stage}@segmentation" for stage in
+    tasks = yaml.safe_load((tiny_project / "params.yaml").read_text())["tasks"]
+    expected = {"acquire"} | {f"{stage}@{task}" for task in tasks for stage in
                               ("synthesize", "augment", "train", "evaluate", "register")}
     assert report["task_runs"] == {name: "COMPLETED" for name in expected}
     assert json.loads((tiny_project / "metrics/segmentation.json").read_text())["mIoU"] >= 0
