@@ -1,7 +1,7 @@
 """Self-supervised wiring around the shared U-Net encoder: pooled embeddings, projection head.
 
 Pure torch. ``images (N, 3, H, W)`` float in [0, 1] (what the data modules
-give), ``embeddings (N, D)`` with D the encoder's deepest channel count.
+give), ``embeddings (N, D)`` with D the sum of the encoder's channel counts.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from visionflow.models.unet import UNetEncoder
 
 
 class EncoderEmbedding(nn.Module):
-    """Global average pool of the encoder's deepest feature map: images -> (N, D).
+    """Global average pool of every encoder level, concatenated: images -> (N, sum(channels)).
 
-    This is what probes, plots and the registered model see; the encoder inside
-    is the one segmentation decodes from.
+    Every level, not just the deepest: the decoder reads all of them through its
+    skip connections, so pretraining shapes all of them, and mid-level features
+    (edges, corners) carry much of what tells shapes apart at this scale. This is
+    what probes, plots and the registered model see.
     """
 
     def __init__(self, encoder: UNetEncoder):
@@ -25,12 +27,12 @@ class EncoderEmbedding(nn.Module):
 
     @property
     def dim(self) -> int:
-        return self.encoder.channels[-1]
+        return sum(self.encoder.channels)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images (N, 3, H, W), got {tuple(images.shape)}")
-        return self.encoder(images)[-1].mean(dim=(2, 3))
+        return torch.cat([level.mean(dim=(2, 3)) for level in self.encoder(images)], dim=1)
 
 
 class ProjectionHead(nn.Module):
@@ -38,8 +40,8 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim),
-                                    nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+        self.layers = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True),
+                                    nn.Linear(hidden_dim, out_dim))
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.layers(embeddings)
