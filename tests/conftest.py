@@ -33,6 +33,22 @@ TINY_OVERRIDES = {
         "evaluate": {"label_fractions": [0.5, 1.0], "transfer_steps": 2, "transfer_batch_size": 2,
                      "linear_probe_max_iter": 5},
     },
+    "detection": {
+        "synth": {"splits": {"train": 8, "val": 4, "test": 4}, "image_size": 64, "max_objects": 4,
+                  "min_radius": 5.0, "max_radius": 14.0},
+        "model": {"channels": [8, 8, 16, 16], "blocks": [1, 1, 1, 1], "fpn_channels": 8, "head_channels": 8,
+                  "max_detections": 10},
+        "train": {"epochs": 1, "batch_size": 4},
+        "evaluate": {"overlays": 2, "batch_size": 4},
+    },
+    "instance_segmentation": {
+        "synth": {"splits": {"train": 8, "val": 4, "test": 4}, "image_size": 64, "max_objects": 4,
+                  "min_radius": 5.0, "max_radius": 14.0},
+        "model": {"channels": [8, 8, 16, 16], "blocks": [1, 1, 1, 1], "fpn_channels": 8,
+                  "box_head_dim": 16, "mask_head_channels": [8], "max_detections": 10},
+        "train": {"epochs": 1, "batch_size": 4},
+        "evaluate": {"overlays": 2, "batch_size": 4},
+    },
     "trainer": {"accelerator": "cpu", "progress_bar": False},
 }
 
@@ -77,7 +93,9 @@ def tiny_project(tmp_path: Path, project_env: dict[str, str]) -> Path:
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
-    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(), sort_keys=False))
+    # The CLI-level pipeline tests run one family; each family's stages are tested in-process too.
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(tasks=["segmentation"]),
+                                                        sort_keys=False))
     # dvc.yaml names code deps under src/: point them at the real package.
     (project / "src").symlink_to(REPO / "src")
     shutil.copytree(REPO / "pretrained", project / "pretrained")  # train@<task> depends on its folder

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO, tiny_params_dict
-from visionflow.config import ConfigError, load_params, parse_params
+from visionflow.config import TASK_FAMILIES, ConfigError, load_params, parse_params
 from visionflow.stages import STAGE_PARAMS, TASK_STAGES, stage_params
 
 
@@ -20,7 +21,8 @@ def error_for(**overrides) -> str:
 
 def test_the_project_params_load():
     params = load_params(REPO / "params.yaml")
-    assert params.tasks[0] == "segmentation" and "selfsup" in params.tasks
+    assert params.tasks[0] == "segmentation" and set(params.tasks) <= set(TASK_FAMILIES)
+    assert "selfsup" in params.tasks
     assert params.segmentation.registry.model_name == "visionflow-segmentation"
 
 
@@ -85,3 +87,46 @@ def test_dvc_yaml_paths_match_the_code():
                  paths.train_curves_png, paths.metrics, paths.eval_plots, paths.eval_reports,
                  paths.registered, paths.pretrained_dir, RAW_DIR):
         assert re.search(rf"- {re.escape(path.as_posix())}(:|$)", dvc_text, re.MULTILINE), path
+
+
+# Imported by every stage but not shaping any output: a change to them reruns nothing.
+GLUE_MODULES = {"__init__.py", "env.py", "config.py", "paths.py", "tracking.py", "cli.py",
+                "tasks/__init__.py"}
+
+
+def _visionflow_imports(path: Path, package_root: Path) -> set[Path]:
+    """Files of ``visionflow`` that ``path`` imports, including imports inside functions."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            if not name.startswith("visionflow"):
+                continue
+            base = package_root.parent / name.replace(".", "/")
+            for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+                if candidate.is_file():
+                    found.add(candidate)
+    return found
+
+
+@pytest.mark.parametrize("task", TASK_FAMILIES)
+def test_train_code_deps_cover_everything_the_family_imports(task):
+    """Editing any module a family's code reaches must rerun its training."""
+    package_root = REPO / "src" / "visionflow"
+    train = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["do"]
+    deps = [REPO / dep.replace("${item}", task) for dep in train["deps"] if dep.startswith("src/")]
+    reached, todo = set(), [*(package_root / "tasks" / task).glob("*.py"), package_root / "training.py"]
+    while todo:
+        path = todo.pop()
+        if path not in reached:
+            reached.add(path)
+            if path.relative_to(package_root).as_posix() not in GLUE_MODULES:
+                todo += _visionflow_imports(path, package_root)
+    for path in sorted(reached):
+        relative = path.relative_to(package_root).as_posix()
+        covered = any(path == dep or dep in path.parents for dep in deps)
+        assert covered or relative in GLUE_MODULES, f"{relative} is not a code dep of train@{task}"

@@ -43,8 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
                          "MLflow model URI such as models:/visionflow-<task>@champion")
     predict.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
     predict.add_argument("inputs", nargs="+", type=Path, help="input files (e.g. images)")
+    coco = sub.add_parser("coco-eval", help="score a COCO results file against COCO ground truth "
+                          "(prints JSON; no params file needed)")
+    coco.add_argument("ground_truth", type=Path)
+    coco.add_argument("results", type=Path)
+    coco.add_argument("--iou-type", choices=("bbox", "segm", "keypoints"), default="bbox")
+    coco.add_argument("--max-dets", type=int, nargs="+", help="default: 1 10 100 (keypoints: 20)")
+    coco.add_argument("--sigmas", type=float, nargs="+", help="per-keypoint OKS sigmas")
+    coco.add_argument("--backend", choices=("faster", "pycocotools"), default="faster",
+                      help="faster-coco-eval (default) or the pycocotools reference; same numbers")
     sub.add_parser("check-params", help="validate the params file and print the enabled tasks")
     return parser
+
+
+def run_coco_eval(args: argparse.Namespace) -> dict:
+    from visionflow.coco_eval import evaluate_coco
+
+    result = evaluate_coco(args.ground_truth, args.results, args.iou_type, args.max_dets, args.sigmas,
+                           args.backend)
+    return {"iou_type": result.iou_type, "max_dets": list(result.max_dets), **result.stats,
+            "per_class_AP": result.per_class_ap}
 
 
 def run_predict(params, root: Path, args: argparse.Namespace) -> dict:
@@ -77,30 +95,38 @@ def user_errors() -> tuple[type[Exception], ...]:
     from visionflow.data.images import ImageReadError
     from visionflow.models.backbones import BackboneMismatchError
 
-    return (ConfigError, CocoFormatError, ImageReadError, AcquireError, FileNotFoundError,
+    from visionflow.coco_eval import CocoResultsError
+
+    return (ConfigError, CocoFormatError, CocoResultsError, ImageReadError, AcquireError, FileNotFoundError,
             BackboneMismatchError)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from visionflow.config import ConfigError, load_params
+def dispatch(args: argparse.Namespace) -> dict:
+    """Run one command; returns what it computed (printed as JSON)."""
+    from visionflow.config import load_params
 
-    args = build_parser().parse_args(argv)
+    if args.command == "coco-eval":
+        return run_coco_eval(args)
     params_path = args.params.resolve()
     root = params_path.parent
+    params = load_params(params_path)
+    if args.command == "check-params":
+        return {"tasks": params.tasks}
+    if args.command == "predict":
+        return run_predict(params, root, args)
+    stage = importlib.import_module(f"visionflow.stages.{args.command}")
+    if args.command == "acquire":
+        return stage.run(params, root, progress=not args.no_progress)
+    params.task(args.task)  # fails early, naming the task, if it is not enabled
+    return stage.run(params, args.task, root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from visionflow.config import ConfigError
+
+    args = build_parser().parse_args(argv)
     try:
-        params = load_params(params_path)
-        if args.command == "check-params":
-            print(json.dumps({"tasks": params.tasks}))
-            return 0
-        if args.command == "predict":
-            print(json.dumps(run_predict(params, root, args), indent=2))
-            return 0
-        stage = importlib.import_module(f"visionflow.stages.{args.command}")
-        if args.command == "acquire":
-            result = stage.run(params, root, progress=not args.no_progress)
-        else:
-            params.task(args.task)  # fails early, naming the task, if it is not enabled
-            result = stage.run(params, args.task, root)
+        result = dispatch(args)
     except ConfigError as exc:
         print(f"visionflow: {exc}", file=sys.stderr)
         return 2

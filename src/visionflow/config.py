@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-TASK_FAMILIES = ("segmentation", "selfsup")
+TASK_FAMILIES = ("segmentation", "detection", "instance_segmentation", "selfsup")
 
 
 class ConfigError(ValueError):
@@ -140,7 +140,7 @@ class ShapesSynthParams(Strict):
 
     seed: int = 0
     splits: dict[Literal["train", "val", "test"], int] = Field(
-        default_factory=lambda: {"train": 2000, "val": 100, "test": 200})
+        default_factory=lambda: {"train": 4000, "val": 100, "test": 200})
     image_size: int = Field(64, ge=16, le=1024)
     classes: list[str] = Field(default_factory=lambda: ["circle", "square", "triangle"], min_length=1)
     min_objects: int = Field(1, ge=0)
@@ -152,6 +152,7 @@ class ShapesSynthParams(Strict):
     noise_std: float = Field(8.0, ge=0)
     texture_probability: float = Field(0.5, ge=0, le=1)
     blur_probability: float = Field(0.2, ge=0, le=1)
+    crowding: float = Field(0.0, ge=0, le=1)  # chance a shape is placed next to an earlier one
 
     @field_validator("classes")
     @classmethod
@@ -214,6 +215,147 @@ class SegmentationParams(Strict):
     model: SegmentationModelParams = Field(default_factory=SegmentationModelParams)
     train: SegmentationTrainParams
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    registry: RegisterParams = Field(alias="register")
+
+
+# --- detection and instance segmentation ----------------------------------------------------
+
+
+class BoxRuleParams(Strict):
+    """What happens to boxes that a transform moves partly out of the image (albumentations ``BboxParams``).
+
+    Boxes are clipped to the image when ``clip``; a box is dropped (with its mask) when less
+    than ``min_visibility`` of its area stays inside, or when its area falls below ``min_area``
+    px^2 or a side below ``min_side`` px.
+    """
+
+    clip: bool = True
+    min_visibility: float = Field(0.3, ge=0, le=1)
+    min_area: float = Field(16.0, ge=0)
+    min_side: float = Field(2.0, ge=0)
+
+
+class BoxAugmentParams(Strict):
+    """``<task>.augment`` for box tasks: the transforms and the rule for boxes leaving the image."""
+
+    transforms: list[TransformSpec] = Field(default_factory=list)
+    boxes: BoxRuleParams = Field(default_factory=BoxRuleParams)
+
+
+def _positive_list(values: list[int]) -> list[int]:
+    if any(v < 1 for v in values):
+        raise ValueError("every entry must be >= 1")
+    return values
+
+
+class DetectionModelParams(Strict):
+    """``centernet``: anchor-free heatmap peaks on the stride-4 pyramid level.
+    ``retinanet``: anchor-based single shot (torchvision RetinaNet: focal loss, L1 boxes, NMS).
+
+    Both share a from-scratch residual backbone (``channels``: strides 4, 8, 16, 32) and an FPN.
+    """
+
+    name: Literal["centernet", "retinanet"] = "centernet"
+    neck: Literal["unet", "fpn"] = "unet"  # centernet: conv-BN-ReLU top-down merges, or an FPN sum
+    channels: list[int] = Field(default_factory=lambda: [24, 48, 96, 160], min_length=4, max_length=4)
+    blocks: list[int] = Field(default_factory=lambda: [1, 1, 2, 1], min_length=4, max_length=4)
+    fpn_channels: int = Field(64, ge=1)
+    head_channels: int = Field(64, ge=1)
+    max_detections: int = Field(100, ge=1)  # per image, also the exported tensor's second dim
+    score_threshold: float = Field(0.01, ge=0, lt=1)
+    nms_iou: float = Field(0.5, gt=0, le=1)  # retinanet NMS; centernet keeps 3x3 local maxima
+    anchor_sizes: list[int] = Field(default_factory=lambda: [16, 32, 64])  # retinanet, P3..P5
+    aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0], min_length=1)
+
+    @field_validator("channels", "blocks", "anchor_sizes")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        return _positive_list(values)
+
+    @model_validator(mode="after")
+    def _three_levels(self) -> "DetectionModelParams":
+        if len(self.anchor_sizes) != 3:
+            raise ValueError("anchor_sizes needs one size per pyramid level P3, P4, P5 (3 entries)")
+        return self
+
+
+class CenterNetLossParams(Strict):
+    """CenterNet loss weights: heatmap focal loss, L1 on box size (output cells), L1 on offset."""
+
+    heatmap: float = Field(1.0, ge=0)
+    size: float = Field(0.1, ge=0)
+    offset: float = Field(1.0, ge=0)
+    classification: float = Field(0.0, ge=0)  # softmax CE across classes where objects are
+    min_overlap: float = Field(0.7, gt=0, lt=1)  # sets each object's Gaussian radius
+    regression: Literal["centre", "gaussian"] = "gaussian"  # size/offset at the centre cell, or its Gaussian
+
+
+class DetectionTrainParams(OptimParams):
+    grad_clip: float | None = Field(None, gt=0)  # clip the gradient norm (None: off)
+    loss: CenterNetLossParams = Field(default_factory=CenterNetLossParams)  # centernet only
+
+
+class InstanceSegmentationTrainParams(OptimParams):
+    grad_clip: float | None = Field(None, gt=0)  # clip the gradient norm (None: off)
+
+
+class DetectionEvaluateParams(EvaluateParams):
+    max_dets: list[int] = Field(default_factory=lambda: [1, 10, 100], min_length=1)
+    overlay_score: float = Field(0.3, ge=0, le=1)  # detections drawn on the overlays
+
+    @field_validator("max_dets")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        return _positive_list(values)
+
+
+class DetectionParams(Strict):
+    synth: ShapesSynthParams = Field(default_factory=ShapesSynthParams)
+    data: DataParams = Field(default_factory=DataParams)
+    augment: BoxAugmentParams = Field(default_factory=BoxAugmentParams)
+    model: DetectionModelParams = Field(default_factory=DetectionModelParams)
+    train: DetectionTrainParams
+    evaluate: DetectionEvaluateParams = Field(default_factory=DetectionEvaluateParams)
+    registry: RegisterParams = Field(alias="register")
+
+
+class InstanceSegmentationModelParams(Strict):
+    """torchvision Mask R-CNN sized for a CPU: residual backbone + FPN (P2..P5), few RoIs, light heads."""
+
+    channels: list[int] = Field(default_factory=lambda: [24, 48, 96, 160], min_length=4, max_length=4)
+    blocks: list[int] = Field(default_factory=lambda: [1, 1, 2, 1], min_length=4, max_length=4)
+    fpn_channels: int = Field(64, ge=1)
+    anchor_sizes: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])  # P2..P5
+    aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0], min_length=1)
+    rpn_pre_nms_top_n: int = Field(300, ge=1)  # training; test uses half
+    rpn_post_nms_top_n: int = Field(100, ge=1)
+    rois_per_image: int = Field(64, ge=1)  # RoIs sampled for the box head's loss
+    positive_fraction: float = Field(0.5, gt=0, le=1)
+    box_head_dim: int = Field(256, ge=1)
+    mask_head_channels: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
+    max_detections: int = Field(100, ge=1)
+    score_threshold: float = Field(0.01, ge=0, lt=1)
+    nms_iou: float = Field(0.5, gt=0, le=1)
+
+    @field_validator("channels", "blocks", "anchor_sizes", "mask_head_channels")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        return _positive_list(values)
+
+    @model_validator(mode="after")
+    def _four_levels(self) -> "InstanceSegmentationModelParams":
+        if len(self.anchor_sizes) != 4:
+            raise ValueError("anchor_sizes needs one size per pyramid level P2..P5 (4 entries)")
+        return self
+
+
+class InstanceSegmentationParams(Strict):
+    synth: ShapesSynthParams = Field(default_factory=ShapesSynthParams)
+    data: DataParams = Field(default_factory=DataParams)
+    augment: BoxAugmentParams = Field(default_factory=BoxAugmentParams)
+    model: InstanceSegmentationModelParams = Field(default_factory=InstanceSegmentationModelParams)
+    train: InstanceSegmentationTrainParams
+    evaluate: DetectionEvaluateParams = Field(default_factory=DetectionEvaluateParams)
     registry: RegisterParams = Field(alias="register")
 
 
@@ -321,6 +463,8 @@ class Params(Strict):
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     acquire: AcquireParams = Field(default_factory=AcquireParams)
     segmentation: SegmentationParams | None = None
+    detection: DetectionParams | None = None
+    instance_segmentation: InstanceSegmentationParams | None = None
     selfsup: SelfsupParams | None = None
     # Families whose training starts from a pretrained backbone: family -> a backbone file or a
     # checkpoint holding a U-Net encoder, e.g. {segmentation: models/selfsup/best.ckpt}.

@@ -227,5 +227,6 @@ def log_pytorch_model(exported: Any, name: str) -> str:
     torch_version = torch.__version__.split("+")[0]  # local tags like +cu130 are not on PyPI
     info = mlflow.pytorch.log_model(exported.module, name=name, signature=signature,
                                     input_example=exported.example,
-                                    pip_requirements=[f"torch=={torch_version}"])
+                                    pip_requirements=[f"torch=={torch_version}"],
+                                    serialization_format=exported.serialization_format)
     return info.model_uri

@@ -12,9 +12,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,16 @@ def build_trainer(trainer: TrainerParams, max_epochs: int, scratch: Path,
     )
 
 
+def is_primary_process() -> bool:
+    """False in the extra processes of a multi-GPU/multi-node run.
+
+    Lightning's DDP launcher starts them by running this same command again, with
+    RANK / LOCAL_RANK / NODE_RANK set; only the global rank 0 may clear scratch
+    folders, open the MLflow run and write the stage's outputs.
+    """
+    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, tracking: TrackingParams,
                paths: TaskPaths, extra_callbacks: Sequence[Callback] = (),
                pretrained_backbone: Path | None = None) -> dict[str, Any]:
@@ -114,8 +126,10 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
     scratch = paths.train_scratch / run_key
     checkpoints = scratch / "checkpoints"
     resume_from = checkpoints / "last.ckpt"
+    primary = is_primary_process()
     if not (params.train.resume and resume_from.is_file()):
-        shutil.rmtree(scratch, ignore_errors=True)
+        if primary:
+            shutil.rmtree(scratch, ignore_errors=True)
         resume_from = None
     scratch.mkdir(parents=True, exist_ok=True)
     run_id_file = scratch / "mlflow_run_id"
@@ -129,12 +143,16 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
     if backbone_hash:
         logged["pretrained"] = {"backbone": str(pretrained_backbone), "sha256": backbone_hash}
     stage = StageRun(family.name, "train", logged)
-    with stage_run(stage, tracking, paths.root, resume_run_id=previous_run) as run:
-        run_id_file.write_text(run.info.run_id)
+    run_context = stage_run(stage, tracking, paths.root, resume_run_id=previous_run) if primary \
+        else nullcontext()
+    with run_context as run:
+        if primary:
+            run_id_file.write_text(run.info.run_id)
         trainer = build_trainer(trainer_params, params.train.epochs, scratch,
                                 [checkpoint, history, *extra_callbacks])
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        if not trainer.is_global_zero:
+        trainer.fit(module, train_dataloaders=datamodule.train_dataloader(),
+                    val_dataloaders=datamodule.val_dataloader(), ckpt_path=resume_from)
+        if not primary:
             return {}
         paths.models.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(checkpoint.best_model_path, paths.best_checkpoint)

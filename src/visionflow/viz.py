@@ -111,3 +111,52 @@ def save_curves(path: Path, rows: Sequence[dict[str, float]], x: str = "epoch") 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, colours: np.ndarray,
+               scores: np.ndarray | None = None, thickness: int = 1) -> np.ndarray:
+    """Rectangles (and scores) over a copy of an image.
+
+    image: uint8 (H, W, 3); boxes: (K, 4) xyxy pixels; classes: (K,) int indices into
+    ``colours`` (uint8 (C, 3)); scores: (K,) in [0, 1], printed at each box's corner.
+    """
+    out = np.ascontiguousarray(image).copy()
+    for k, (box, cls) in enumerate(zip(np.asarray(boxes, np.float64), np.asarray(classes, int))):
+        colour = tuple(int(c) for c in colours[cls % len(colours)])
+        x1, y1 = int(round(box[0])), int(round(box[1]))
+        x2, y2 = int(round(box[2])) - 1, int(round(box[3])) - 1  # x2, y2 are one past the box
+        cv2.rectangle(out, (x1, y1), (max(x1, x2), max(y1, y2)), colour, thickness)
+        if scores is not None:
+            cv2.putText(out, f"{scores[k]:.2f}", (x1, max(y1 - 2, 7)), cv2.FONT_HERSHEY_PLAIN, 0.6,
+                        colour, 1, cv2.LINE_AA)
+    return out
+
+
+def overlay_instances(image: np.ndarray, masks: np.ndarray, classes: np.ndarray, colours: np.ndarray,
+                      alpha: float = 0.45) -> np.ndarray:
+    """Blend each instance mask (bool (K, H, W)) in its class colour (``colours[classes[k]]``)."""
+    out = image.astype(np.float32)
+    for mask, cls in zip(np.asarray(masks, bool), np.asarray(classes, int)):
+        colour = colours[cls % len(colours)].astype(np.float32)
+        out[mask] = (1 - alpha) * out[mask] + alpha * colour
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def save_pr_curves(path: Path, recall: np.ndarray, curves: dict[str, np.ndarray], title: str) -> None:
+    """Precision-recall curves (name -> precision (R,), -1 where undefined) as one PNG chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, precision in curves.items():
+        valid = precision >= 0
+        ax.plot(recall[valid], precision[valid], label=name)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -34,13 +34,16 @@ class ExportedModel:
 
     ``example``: float32 array shaped like one batch of the module's input, with a
     batch of 2 or more (torch.export pins a dimension whose example size is 1);
-    ``input_shape`` / ``output_shape``: the signature's shapes, -1 for free dims.
+    ``input_shape`` / ``output_shape``: the signature's shapes, -1 for free dims;
+    ``serialization_format``: how MLflow stores it, ``"pt2"`` (torch.export) or ``"pickle"``
+    for modules torch.export cannot trace (data-dependent shapes such as NMS).
     """
 
     module: "torch.nn.Module"
     example: "np.ndarray"
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
+    serialization_format: str = "pt2"
 
 
 class TaskFamily(ABC):
@@ -61,24 +64,29 @@ class TaskFamily(ABC):
         """Write a before/after grid; check labels follow images; return the check's numbers."""
 
     @abstractmethod
-    def datamodule(self, params: Any, data_root: Path, trainer: "TrainerParams") -> "L.LightningDataModule":
+    def datamodule(self, params: Any, data_root: Path, trainer: "TrainerParams") -> Any:
+        """An object with ``train_dataloader()`` and ``val_dataloader()`` (Lightning calls
+        nothing else on it; a plain class keeps Lightning out of the data stages)."""
+
+    @abstractmethod
+    def module(self, params: Any, datamodule: Any) -> "L.LightningModule":
         ...
 
     @abstractmethod
-    def module(self, params: Any, datamodule: "L.LightningDataModule") -> "L.LightningModule":
-        ...
+    def load_module(self, checkpoint: Path) -> Any:
+        """The trained model for inference, as ``evaluate`` and ``export`` take it.
+
+        Reading with :func:`visionflow.checkpoints.read_lightning_checkpoint` avoids
+        importing Lightning in the evaluate and register stages.
+        """
 
     @abstractmethod
-    def load_module(self, checkpoint: Path) -> "L.LightningModule":
-        ...
-
-    @abstractmethod
-    def evaluate(self, params: Any, module: "L.LightningModule", data_root: Path, out: EvalOutputs,
+    def evaluate(self, params: Any, module: Any, data_root: Path, out: EvalOutputs,
                  device: "torch.device") -> dict[str, Any]:
         """Score the test split; write plots and reports; return metrics (with primary_metric)."""
 
     @abstractmethod
-    def export(self, module: "L.LightningModule", data_root: Path) -> ExportedModel:
+    def export(self, module: Any, data_root: Path) -> ExportedModel:
         ...
 
     def start_from_backbone(self, module: "L.LightningModule", backbone: Path) -> None:

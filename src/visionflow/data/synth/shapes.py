@@ -35,6 +35,7 @@ class ShapesSceneSpec:
     noise_std: float = 8.0  # upper end of per-scene Gaussian noise, in 8-bit levels
     texture_probability: float = 0.5  # chance that a shape is striped instead of flat
     blur_probability: float = 0.2
+    crowding: float = 0.0  # chance that a shape is placed next to an earlier one (touching, occluding)
 
 
 @dataclass
@@ -125,12 +126,18 @@ def _polygon(kind: str, cx: float, cy: float, radius: float, angle: float,
     return np.stack([x, y], axis=1).astype(np.float32)
 
 
-def _shape_mask(kind: str, size: int, rng: np.random.Generator,
-                spec: ShapesSceneSpec) -> tuple[np.ndarray, np.ndarray]:
-    """A random placement of ``kind``: (bool[H, W] full mask, float32[V, 2] corners)."""
+def _shape_mask(kind: str, size: int, rng: np.random.Generator, spec: ShapesSceneSpec,
+                near: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random placement of ``kind``: (bool[H, W] full mask, float32[V, 2] corners, centre (x, y)).
+
+    ``near``: a centre (x, y) to crowd around; the new centre lands about one radius from it.
+    """
     radius = rng.uniform(spec.min_radius, spec.max_radius)
     margin = radius * 0.5  # shapes may be cut by the border, but mostly inside
-    cx, cy = rng.uniform(margin, size - margin, size=2)
+    if near is None:
+        cx, cy = rng.uniform(margin, size - margin, size=2)
+    else:
+        cx, cy = np.clip(near + rng.normal(0.0, radius, size=2), margin, size - margin)
     angle = rng.uniform(0, 2 * np.pi)
     canvas = np.zeros((size, size), np.uint8)
     if kind in ("circle", "ellipse"):
@@ -144,7 +151,7 @@ def _shape_mask(kind: str, size: int, rng: np.random.Generator,
         vertices = _polygon(kind, cx, cy, radius, angle, aspect=1.0)
         cv2.fillPoly(canvas, [np.round(vertices * 16).astype(np.int32)], 1,
                      lineType=cv2.LINE_8, shift=4)
-    return canvas.astype(bool), vertices
+    return canvas.astype(bool), vertices, np.array([cx, cy])
 
 
 def _fill(rng: np.random.Generator, size: int, spec: ShapesSceneSpec) -> np.ndarray:
@@ -164,10 +171,14 @@ def render_scene(rng: np.random.Generator, spec: ShapesSceneSpec) -> Scene:
         rng.integers(spec.min_objects, spec.max_objects + 1))
 
     placed: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # (class, full, vertices, fill)
+    centres: list[np.ndarray] = []
     for _ in range(n_objects):
         category_index = int(rng.integers(len(spec.classes)))
+        # Draws only when crowding is on, so scenes without it stay as they were.
+        near = (centres[int(rng.integers(len(centres)))]
+                if spec.crowding > 0 and centres and rng.random() < spec.crowding else None)
         for _attempt in range(10):
-            full, vertices = _shape_mask(spec.classes[category_index], size, rng, spec)
+            full, vertices, centre = _shape_mask(spec.classes[category_index], size, rng, spec, near)
             if full.sum() < 0.5 * np.pi * spec.min_radius**2 * spec.min_visible_fraction:
                 continue  # mostly outside the image
             # The new shape goes on top; every shape below must stay visible enough.
@@ -181,6 +192,7 @@ def render_scene(rng: np.random.Generator, spec: ShapesSceneSpec) -> Scene:
                 covered |= other_full
             if ok:
                 placed.append((category_index, full, vertices, _fill(rng, size, spec)))
+                centres.append(centre)
                 break
 
     for _, full, _, fill in placed:

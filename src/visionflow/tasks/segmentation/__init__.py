@@ -56,10 +56,10 @@ class Segmentation(TaskFamily):
 
     def datamodule(self, params: "SegmentationParams", data_root: Path, trainer: "TrainerParams"):
         from visionflow.augment import build_transforms
-        from visionflow.tasks.segmentation.data import SegmentationDataModule
+        from visionflow.tasks.segmentation.data import SegmentationData
 
         transform = build_transforms(params.augment, "segmentation.augment", seed=params.train.seed)
-        return SegmentationDataModule(data_root, params.train.batch_size, transform,
+        return SegmentationData(data_root, params.train.batch_size, transform,
                                       num_workers=trainer.num_workers, seed=params.train.seed)
 
     def module(self, params: "SegmentationParams", datamodule: Any):
@@ -69,9 +69,9 @@ class Segmentation(TaskFamily):
                                   params.train.model_dump())
 
     def load_module(self, checkpoint: Path):
-        from visionflow.tasks.segmentation.module import SegmentationModule
+        from visionflow.tasks.segmentation.predict import SegmentationModel
 
-        return SegmentationModule.load_from_checkpoint(checkpoint, map_location="cpu")
+        return SegmentationModel.from_checkpoint(checkpoint)
 
     def start_from_backbone(self, module: Any, backbone: Path) -> None:
         from visionflow.models.backbones import load_backbone

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -62,10 +61,14 @@ def load_split(data_root: Path, split: str) -> CocoDataset:
     return load_coco(path, root=data_root)
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationData:
+    """Train and validation loaders (what ``training.train_task`` needs from a family's data).
+
+    Plain torch, so stages that only read data do not pay for importing Lightning.
+    """
+
     def __init__(self, data_root: Path, batch_size: int, train_transform: Any = None,
                  num_workers: int = 0, seed: int = 0):
-        super().__init__()
         self.data_root = Path(data_root)
         self.batch_size = batch_size
         self.num_workers, self.seed = num_workers, seed

@@ -46,8 +46,3 @@ class SegmentationModule(TaskModule):
         confusion = self.trainer.strategy.reduce(self.val_confusion, reduce_op="sum")
         self.log("val/mIoU", mean_iou(confusion))
         self.log("val/pixel_accuracy", pixel_accuracy(confusion))
-
-    @torch.no_grad()
-    def predict_labels(self, images: torch.Tensor) -> torch.Tensor:
-        """images (N, 3, H, W) -> int64 (N, H, W) class indices."""
-        return self(images).argmax(1)

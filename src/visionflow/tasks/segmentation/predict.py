@@ -1,4 +1,4 @@
-"""Segment user images with an exported model: label PNGs and overlays."""
+"""Inference: the trained network without Lightning, and segmentation of user images."""
 
 from __future__ import annotations
 
@@ -6,22 +6,54 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from visionflow.checkpoints import read_lightning_checkpoint, sub_state_dict
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.images import read_rgb, write_png
+from visionflow.models.unet import UNet
 from visionflow.viz import overlay_labels, palette
+
+
+class SegmentationModel(nn.Module):
+    """A trained U-Net and its class names (index 0 is background)."""
+
+    def __init__(self, net: UNet, class_names: list[str]):
+        super().__init__()
+        self.net = net
+        self.class_names = list(class_names)
+
+    @classmethod
+    def from_checkpoint(cls, path: Path) -> "SegmentationModel":
+        state_dict, hparams = read_lightning_checkpoint(path)
+        model = hparams["model"]
+        net = UNet(len(hparams["class_names"]), tuple(model["channels"]), tuple(model["dilations"]))
+        net.load_state_dict(sub_state_dict(state_dict, "net"))
+        return cls(net, hparams["class_names"]).eval()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, H, W) in [0, 1] -> logits (N, C, H, W)."""
+        return self.net(images.contiguous(memory_format=torch.channels_last))
+
+    @torch.no_grad()
+    def predict_labels(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, H, W) -> int64 (N, H, W) class indices."""
+        return self(images).argmax(1)
 
 
 @torch.no_grad()
 def predict_masks(model: torch.nn.Module, images: list[Path], out_dir: Path,
                   device: torch.device) -> list[Path]:
-    """For each image: ``<stem>_labels.png`` (class index per pixel) and ``<stem>_overlay.png``."""
+    """For each image: ``<stem>_labels.png`` (class index per pixel) and ``<stem>_overlay.png``.
+
+    ``model`` maps images (1, 3, H, W) in [0, 1] to logits (1, C, H, W): the exported network.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device)
     written = []
     for path in images:
         image = read_rgb(path)
-        logits = model(image_to_tensor(image)[None].to(device))  # (1, C, H, W)
+        logits = model(image_to_tensor(image)[None].to(device))
         labels = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
         colours = palette(logits.shape[1])
         for suffix, picture in (("labels", labels), ("overlay", overlay_labels(image, labels, colours))):

@@ -1,0 +1,78 @@
+"""The Lightning module that detection and instance segmentation share: validation COCO AP after
+every epoch (the evaluate stage's code), and the exportable detector.
+
+Batches are ``(images (N, 3, H, W) in [0, 1], targets)`` with torchvision-style
+targets (see ``data.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from visionflow.tasks.boxes.results import detections_to_results
+from visionflow.tasks.lightning_base import TaskModule
+
+VAL_SCORE_THRESHOLD = 0.05  # keeps the per-epoch validation AP cheap
+
+
+class BoxTaskModule(TaskModule):
+    """What detection and instance segmentation share: validation AP, the exportable detector."""
+
+    with_masks = False
+
+    def __init__(self, class_names: list[str], model: dict[str, Any], optim: dict[str, Any],
+                 image_size: int, val_ground_truth: dict | None = None):
+        super().__init__(optim)
+        self.class_names = list(class_names)
+        self.model_params, self.image_size = model, image_size
+        # The ground truth is data, not a hyperparameter: kept out of the checkpoint.
+        self.val_ground_truth = val_ground_truth
+        self._val_results: list[dict] = []
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        clip = self.optim.get("grad_clip") or gradient_clip_val
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
+    @property
+    def detector(self) -> torch.nn.Module:
+        """``(N, 3, H, W)`` in [0, 1] -> ``(N, D, 6 [+ M*M])`` (``visionflow.models.detectors``)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def detect(self, images: torch.Tensor) -> torch.Tensor:
+        was_training = self.training
+        self.eval()
+        try:
+            return self.detector(images)
+        finally:
+            self.train(was_training)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_results = []
+        self._val_sizes = {image["id"]: (image["height"], image["width"])
+                           for image in self.val_ground_truth["images"]}
+
+    def validation_step(self, batch: tuple[torch.Tensor, list[dict]], batch_idx: int) -> None:
+        images, targets = batch
+        detections = self.detect(images)
+        category_ids = [c["id"] for c in self.val_ground_truth["categories"]]
+        for rows, target in zip(detections, targets):
+            rows = rows[rows[:, 4] >= VAL_SCORE_THRESHOLD]
+            image_id = int(target["image_id"])
+            height, width = self._val_sizes[image_id]  # masks are pasted at the image's own size
+            self._val_results += detections_to_results(rows, image_id, category_ids, height, width,
+                                                       self.with_masks)
+
+    def on_validation_epoch_end(self) -> None:
+        from visionflow.coco_eval import evaluate_coco
+
+        for iou_type, prefix in (("bbox", "val/"), ("segm", "val/mask_"))[: 1 + self.with_masks]:
+            results = self._val_results if iou_type == "segm" else [
+                {k: v for k, v in r.items() if k != "segmentation"} for r in self._val_results]
+            stats = evaluate_coco(self.val_ground_truth, results, iou_type).stats
+            self.log(f"{prefix}AP", max(stats["AP"], 0.0))
+            self.log(f"{prefix}AP50", max(stats["AP50"], 0.0))

@@ -1,0 +1,55 @@
+"""Detect objects in user images with an exported model: COCO results JSON and overlays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from visionflow.data.batching import image_to_tensor
+from visionflow.data.images import read_rgb, write_png
+from visionflow.tasks.boxes.results import detections_to_results, write_results
+from visionflow.viz import draw_boxes, overlay_instances, palette
+
+OVERLAY_SCORE = 0.3
+
+
+@torch.no_grad()
+def predict_detections(model: torch.nn.Module, images: list[Path], out_dir: Path, device: torch.device,
+                       with_masks: bool = False) -> list[Path]:
+    """Writes ``results.json`` (COCO results; image ids index ``images.json``), ``images.json``
+    (id, file_name, width, height) and ``<stem>_overlay.png`` (detections scoring >= 0.3).
+
+    ``model``: ``(N, 3, H, W)`` in [0, 1] -> ``(N, D, 6 [+ M*M])`` (``visionflow.models.detectors``).
+    Category ids come from the model's ``category_ids`` when it carries them, else class index + 1.
+    """
+    from visionflow.models.detectors import paste_box_masks
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.to(device)
+    results, records, written = [], [], []
+    for image_id, path in enumerate(images, start=1):
+        image = read_rgb(path)
+        height, width = image.shape[:2]
+        rows = model(image_to_tensor(image)[None].to(device))[0].cpu()
+        num_classes = int(rows[:, 5].max().item()) + 1 if len(rows) else 1
+        category_ids = list(getattr(model, "category_ids", None) or range(1, max(num_classes, 1) + 1))
+        results += detections_to_results(rows, image_id, category_ids, height, width, with_masks)
+        records.append({"id": image_id, "file_name": str(path), "width": width, "height": height})
+        shown = rows[rows[:, 4] >= OVERLAY_SCORE]
+        classes = shown[:, 5].long().numpy()
+        colours = palette(len(category_ids) + 1)[1:]
+        picture = image
+        if with_masks and len(shown):
+            picture = overlay_instances(image, paste_box_masks(shown, height, width).numpy() > 0.5, classes,
+                                        colours)
+        overlay = out_dir / f"{Path(path).stem}_overlay.png"
+        write_png(overlay, draw_boxes(picture, shown[:, :4].numpy(), classes, colours, shown[:, 4].numpy()))
+        written.append(overlay)
+    written.insert(0, write_results(out_dir / "results.json", results))
+    index = out_dir / "images.json"
+    index.write_text(json.dumps(records, indent=1) + "\n")
+    written.insert(1, index)
+    return written
+

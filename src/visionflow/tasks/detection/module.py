@@ -1,0 +1,49 @@
+"""The detection Lightning module: CenterNet (ours, anchor-free) or RetinaNet (torchvision's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from visionflow.models.centernet import CenterNet, centernet_loss, encode_targets
+from visionflow.models.detectors import CenterNetDetector, TorchvisionDetector, build_retinanet
+from visionflow.tasks.boxes.module import BoxTaskModule
+
+
+class DetectionModule(BoxTaskModule):
+    """``model["name"]``: ``centernet`` (anchor-free, ours) or ``retinanet`` (torchvision's)."""
+
+    def __init__(self, class_names: list[str], model: dict[str, Any], optim: dict[str, Any],
+                 image_size: int, val_ground_truth: dict | None = None):
+        super().__init__(class_names, model, optim, image_size, val_ground_truth)
+        self.save_hyperparameters(ignore=["val_ground_truth"])
+        num_classes = len(class_names)
+        if model["name"] == "centernet":
+            self.net = CenterNet(num_classes, model["channels"], model["blocks"], model["fpn_channels"],
+                                 model["head_channels"], model["neck"])
+        else:
+            self.net = build_retinanet(num_classes, image_size, model["channels"], model["blocks"],
+                                       model["fpn_channels"], model["anchor_sizes"], model["aspect_ratios"],
+                                       model["max_detections"], model["score_threshold"], model["nms_iou"])
+
+    @property
+    def detector(self) -> torch.nn.Module:
+        if isinstance(self.net, CenterNet):
+            return CenterNetDetector(self.net, self.model_params["max_detections"],
+                                     self.model_params["score_threshold"])
+        return TorchvisionDetector(self.net, self.model_params["max_detections"], first_label=0)
+
+    def model_step(self, batch: tuple[torch.Tensor, list[dict]]) -> tuple[Any, dict[str, torch.Tensor]]:
+        images, targets = batch
+        if isinstance(self.net, CenterNet):
+            outputs = self.net(images)
+            encoded = encode_targets([t["boxes"] for t in targets], [t["labels"] - 1 for t in targets],
+                                     len(self.class_names), tuple(outputs.heatmap.shape[-2:]), self.net.stride,
+                                     self.optim["loss"]["min_overlap"], self.optim["loss"]["regression"])
+            return outputs, centernet_loss(outputs, encoded, self.optim["loss"])
+        self.net.train()
+        # RetinaNet's sigmoid classes have no background: labels 0..C-1
+        losses = self.net(list(images), [{"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets])
+        return None, {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
+
