@@ -243,3 +243,11 @@ def test_pretraining_is_upstream_of_segmentation_only_when_params_say_so(tiny_pr
     assert graph["pretrained@segmentation"] == {"train@selfsup"}
     assert "pretrained@segmentation" in graph["train@segmentation"]
     assert "pretrained@segmentation" not in graph["train@selfsup"]
+
+
+def test_every_family_has_its_pretrained_folder():
+    """train@<family> depends on pretrained/<family>/: a family without the folder breaks `dvc repro`."""
+    from visionflow.config import TASK_FAMILIES
+
+    missing = [f for f in TASK_FAMILIES if not (REPO / "pretrained" / f / ".gitignore").is_file()]
+    assert not missing, f"add pretrained/<family>/.gitignore for {missing}"

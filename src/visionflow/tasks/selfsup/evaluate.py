@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from visionflow.config import SelfsupParams
-from visionflow.data.batching import image_to_tensor, pad_collate
+from visionflow.data.batching import image_to_tensor
+from visionflow.data.coco import load_coco, semantic_mask
+from visionflow.data.images import read_rgb
 from visionflow.losses import cross_entropy_loss
 from visionflow.metrics.segmentation import confusion_matrix, mean_iou
 from visionflow.metrics.probes import knn_accuracy, linear_probe_accuracy, pca_2d
 from visionflow.models.contrastive import EncoderEmbedding
 from visionflow.models.unet import UNet, UNetEncoder
 from visionflow.tasks.base import EvalOutputs
-from visionflow.tasks.segmentation.data import CocoSemanticDataset, load_split
 from visionflow.tasks.selfsup.data import ProbeSet, load_image, load_probe_set, probe_root
 
 REPRESENTATIONS = ("pretrained", "random_init", "raw_pixels")
@@ -152,8 +153,23 @@ def evaluate_selfsup(module: Any, data_root: Path, raw_dir: Path, out: EvalOutpu
 # decoder initialisation and train for the same number of steps; the only difference
 # is whether the encoder starts random or from the pretrained weights. A short, fixed
 # schedule keeps this affordable on a CPU.
-def _stack(dataset: CocoSemanticDataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return pad_collate([dataset[i] for i in indices])
+def load_semantic_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A COCO split as ``images (N, 3, H, W)`` float32 in [0, 1], ``labels (N, H, W)`` int64
+    (0 background, class i + 1 for the file's i-th category) and the class count with background.
+
+    The label-efficiency scenes are small and same-sized, so they are held in memory.
+    """
+    path = root / f"{split}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: split '{split}' not found; run `visionflow synthesize --task selfsup`")
+    coco = load_coco(path, root=root)
+    label_of = {cid: i + 1 for i, cid in enumerate(coco.category_ids)}
+    images, labels = [], []
+    for record in coco.images:
+        images.append(image_to_tensor(read_rgb(coco.image_path(record))))
+        labels.append(torch.from_numpy(semantic_mask(coco.annotations_of(record["id"]), record["height"],
+                                                     record["width"], label_of)).long())
+    return torch.stack(images), torch.stack(labels), len(label_of) + 1
 
 
 def train_segmentation(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -209,15 +225,13 @@ def label_efficiency(segmentation_root: Path, encoder_state: dict[str, torch.Ten
     Subsets are nested (the 5 % images are among the 25 % ones), drawn by a seeded
     permutation of the training split.
     """
-    train = CocoSemanticDataset(load_split(segmentation_root, "train"))
-    test = CocoSemanticDataset(load_split(segmentation_root, "test"))
-    num_classes = len(train.class_names)
-    order = np.random.default_rng(seed).permutation(len(train)).tolist()
-    test_images, test_labels = _stack(test, list(range(len(test))))
+    train_images, train_labels, num_classes = load_semantic_split(segmentation_root, "train")
+    test_images, test_labels, _ = load_semantic_split(segmentation_root, "test")
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(train_images)))
     rows = []
     for fraction in fractions:
-        count = max(1, math.ceil(fraction * len(train)))
-        images, labels = _stack(train, order[:count])
+        count = max(1, math.ceil(fraction * len(train_images)))
+        images, labels = train_images[order[:count]], train_labels[order[:count]]
         row: dict[str, Any] = {"fraction": fraction, "labelled_images": count}
         for name, state in (("scratch", None), ("pretrained", encoder_state)):
             started = time.perf_counter()
