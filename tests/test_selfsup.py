@@ -231,6 +231,10 @@ def _dvc_graph(project: Path, env: dict) -> dict[str, set[str]]:
 
 
 def test_pretraining_is_upstream_of_segmentation_only_when_params_say_so(tiny_project, project_env):
+    params_file = tiny_project / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["tasks"] = ["segmentation", "selfsup"]  # the fixture enables segmentation only
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     graph = _dvc_graph(tiny_project, project_env)
     assert "pretrained@segmentation" not in graph
     assert "train@selfsup" not in graph["train@segmentation"]
