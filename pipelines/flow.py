@@ -42,6 +42,31 @@ def stage_changed(root: Path, name: str) -> bool:
         return bool(repo.status(targets=[name]))
 
 
+def upstream_stages(root: Path, name: str) -> list[str]:
+    """The DVC stages ``name`` depends on directly (those producing its deps)."""
+    from dvc.repo import Repo
+
+    with _DVC_LOCK, Repo(str(root)) as repo:
+        graph = repo.index.graph
+        for stage in graph:
+            if stage.addressing == name:
+                return sorted(s.addressing for s in graph.successors(stage))
+    raise KeyError(f"{name}: no such stage in {root / 'dvc.yaml'}")
+
+
+def submission_order(families: list[str], needs: dict[str, set[str]]) -> list[str]:
+    """Families in an order where each comes after the families it takes a backbone from."""
+    ordered: list[str] = []
+    remaining = list(families)
+    while remaining:
+        ready = [f for f in remaining if not (needs.get(f, set()) & set(remaining)) - {f}]
+        if not ready:
+            raise ValueError(f"pretrained backbones form a cycle among {remaining}")
+        ordered += ready
+        remaining = [f for f in remaining if f not in ready]
+    return ordered
+
+
 def dvc_commit(root: Path, name: str) -> None:
     from dvc.repo import Repo
 
@@ -88,19 +113,36 @@ run_acquire = task(_run_stage, name="acquire", cache_policy=NO_CACHE, persist_re
 
 @flow(name="visionflow", log_prints=True)
 def visionflow_pipeline(params_file: str = "params.yaml", tasks: list[str] | None = None) -> list[dict]:
-    """acquire, then synthesize → augment → train → evaluate → register for each family in parallel."""
+    """acquire, then synthesize → augment → train → evaluate → register for each family in parallel.
+
+    A family listed under ``pretrained`` in params.yaml gets ``pretrained@<family>`` before its
+    train stage, started once the stages producing its backbone (per dvc.yaml) have finished.
+    """
     params = load_params(params_file)
     families = tasks or params.tasks
     for family in families:
         params.task(family)  # an unknown or disabled family fails before anything runs
+    root = Path(params_file).resolve().parent
+    upstream = {family: upstream_stages(root, dvc_stage_name("pretrained", family))
+                for family in families if family in params.pretrained}
+    needs = {family: {name.split("@", 1)[1] for name in names if "@" in name}
+             for family, names in upstream.items()}
     acquired = run_acquire.with_options(task_run_name="acquire").submit("acquire", None, params_file)
+    submitted = {"acquire": acquired}
     chains = []
-    for family in families:
+    for family in submission_order(list(families), needs):
         previous = acquired
         chain = []
         for stage in TASK_STAGES:
+            if stage == "train" and family in upstream:
+                name = dvc_stage_name("pretrained", family)
+                producers = [submitted[s] for s in upstream[family] if s in submitted]
+                previous = run_stage.with_options(task_run_name=name).submit(
+                    "pretrained", family, params_file, wait_for=[previous, *producers])
+                chain.append(previous)
             previous = run_stage.with_options(task_run_name=dvc_stage_name(stage, family)).submit(
                 stage, family, params_file, wait_for=[previous])
+            submitted[dvc_stage_name(stage, family)] = previous
             chain.append(previous)
         chains.append(chain)
     futures = [acquired] + [future for chain in chains for future in chain]

@@ -31,6 +31,17 @@ TINY_OVERRIDES = {
         "train": {"epochs": 1, "batch_size": 4},
         "evaluate": {"overlays": 2},
     },
+    "selfsup": {
+        "synth": {"splits": {"unlabelled": 24, "probe_train": 6, "probe_test": 6, "segmentation_train": 4,
+                             "segmentation_test": 2}, "image_size": 32, "min_radius": 6.0, "max_radius": 10.0},
+        "data": {"image_size": 32, "val_fraction": 0.25},
+        "augment": [{"name": "RandomResizedCrop", "kwargs": {"size": [32, 32], "scale": [0.5, 1.0]}},
+                    {"name": "ColorJitter", "p": 0.8, "kwargs": {"brightness": 0.4, "hue": 0.1}}],
+        "model": {"channels": [4, 8], "projection_hidden": 8, "projection_dim": 4},
+        "train": {"epochs": 1, "batch_size": 8},
+        "evaluate": {"label_fractions": [0.5, 1.0], "transfer_steps": 2, "transfer_batch_size": 2,
+                     "linear_probe_max_iter": 5},
+    },
     "detection": {
         "synth": {"splits": {"train": 8, "val": 4, "test": 4}, "image_size": 64, "max_objects": 4,
                   "min_radius": 5.0, "max_radius": 14.0},
@@ -103,6 +114,7 @@ def tiny_project(tmp_path: Path, project_env: dict[str, str]) -> Path:
                                                         sort_keys=False))
     # dvc.yaml names code deps under src/: point them at the real package.
     (project / "src").symlink_to(REPO / "src")
+    shutil.copytree(REPO / "pretrained", project / "pretrained")  # train@<task> depends on its folder
 
     def run(*command: str) -> None:
         subprocess.run(command, cwd=project, env=project_env, check=True, capture_output=True)

@@ -22,7 +22,7 @@ def error_for(**overrides) -> str:
 def test_the_project_params_load():
     params = load_params(REPO / "params.yaml")
     assert params.tasks[0] == "segmentation" and set(params.tasks) <= set(TASK_FAMILIES)
-    assert "stereo" in params.tasks
+    assert {"pose", "stereo", "selfsup"} <= set(params.tasks)
     assert params.segmentation.registry.model_name == "visionflow-segmentation"
 
 
@@ -67,7 +67,7 @@ def _lookup(tree: dict, dotted: str) -> object:
 def test_dvc_yaml_declares_exactly_the_params_each_stage_reads():
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert set(dvc) == {"acquire", *TASK_STAGES}
+    assert set(dvc) == {"acquire", "pretrained", *TASK_STAGES}
     for stage, definition in dvc.items():
         body = definition.get("do", definition)
         declared = [key.replace("${item}", "{task}") for key in body["params"]]
@@ -85,7 +85,7 @@ def test_dvc_yaml_paths_match_the_code():
     for path in (paths.synthetic, paths.augment_preview, paths.augment_check, paths.best_checkpoint,
                  paths.last_checkpoint, paths.train_summary, paths.train_curves_csv,
                  paths.train_curves_png, paths.metrics, paths.eval_plots, paths.eval_reports,
-                 paths.registered, RAW_DIR):
+                 paths.registered, paths.pretrained_dir, RAW_DIR):
         assert re.search(rf"- {re.escape(path.as_posix())}(:|$)", dvc_text, re.MULTILINE), path
 
 

@@ -21,6 +21,7 @@ STAGE_HELP = {
     "train": "train with Lightning; checkpoints into models/<task>/, curves into plots/<task>/",
     "evaluate": "score the best checkpoint on the test split into metrics/<task>.json",
     "register": "log the model to MLflow, register a version, move the alias on improvement",
+    "pretrained": "hand <task> the backbone params.yaml's pretrained.<task> names (pretrained/<task>/)",
 }
 
 
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in TASK_STAGES:
         stage_parser = sub.add_parser(stage, help=STAGE_HELP[stage])
         stage_parser.add_argument("--task", required=True, help="task family, e.g. segmentation")
+    pretrained = sub.add_parser("pretrained", help=STAGE_HELP["pretrained"])
+    pretrained.add_argument("--task", required=True, help="the family that starts from the backbone")
     predict = sub.add_parser("predict", help="run a trained model on your own files")
     predict.add_argument("--task", required=True)
     predict.add_argument("--model", help="a checkpoint (default: models/<task>/best.ckpt) or an "
@@ -90,10 +93,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     from visionflow.data.acquire import AcquireError
     from visionflow.data.coco import CocoFormatError
     from visionflow.data.images import ImageReadError
+    from visionflow.models.backbones import BackboneMismatchError
 
     from visionflow.coco_eval import CocoResultsError
 
-    return ConfigError, CocoFormatError, CocoResultsError, ImageReadError, AcquireError, FileNotFoundError
+    return (ConfigError, CocoFormatError, CocoResultsError, ImageReadError, AcquireError, FileNotFoundError,
+            BackboneMismatchError)
 
 
 def dispatch(args: argparse.Namespace) -> dict:

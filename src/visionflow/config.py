@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-TASK_FAMILIES = ("segmentation", "detection", "instance_segmentation", "pose", "stereo")
+TASK_FAMILIES = ("segmentation", "detection", "instance_segmentation", "pose", "stereo", "selfsup")
 
 
 class ConfigError(ValueError):
@@ -658,6 +658,101 @@ class StereoParams(Strict):
     registry: RegisterParams = Field(alias="register")
 
 
+# --- selfsup ------------------------------------------------------------------------------
+
+
+class SelfsupSynthParams(ShapesSynthParams):
+    """Shapes scenes for self-supervision (``data/synth/shapes.py``), in three sets.
+
+    ``unlabelled``: scenes as an image folder (the pretraining data); ``probe_*``:
+    one object per image, filed under its shape's name (an image folder with one
+    subfolder per class, as a user's own probe set would be); ``segmentation_*``:
+    COCO scenes for the label-efficiency report.
+    """
+
+    splits: dict[Literal["unlabelled", "probe_train", "probe_test", "segmentation_train",
+                         "segmentation_test"], int] = Field(default_factory=lambda: {
+        "unlabelled": 3000, "probe_train": 500, "probe_test": 500,
+        "segmentation_train": 200, "segmentation_test": 100})
+    # plain: the objects on a plain random colour (contrastive learning on the generator's
+    # striped backgrounds learns backgrounds, not shapes); scene: the generator's own backgrounds
+    background: Literal["plain", "scene"] = "plain"
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SelfsupSynthParams":
+        if self.min_objects > self.max_objects:
+            raise ValueError("min_objects must be <= max_objects")
+        if self.min_radius > self.max_radius:
+            raise ValueError("min_radius must be <= max_radius")
+        for split in ("unlabelled", "probe_train", "probe_test"):
+            if self.splits.get(split, 0) < 2:
+                raise ValueError(f"splits.{split} needs at least 2 images")
+        return self
+
+
+class SelfsupDataParams(DataParams):
+    """``source``: the unlabelled images, ``synthetic`` or an acquired image_folder's name;
+    ``extra_unlabelled``: more acquired image folders mixed in; ``probe``: the labelled
+    probe set, ``synthetic`` or an acquired image folder with one subfolder per class."""
+
+    extra_unlabelled: list[str] = Field(default_factory=list)
+    probe: str = "synthetic"
+    image_size: int = Field(64, ge=16, le=1024)  # every image is resized to this square first
+    val_fraction: float = Field(0.1, gt=0, lt=1)  # unlabelled images held out for the val loss
+
+
+class SelfsupModelParams(Strict):
+    """The shared U-Net encoder (same keys as ``segmentation.model``, so weights transfer)
+    and a projection head used only during pretraining."""
+
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128], min_length=2)
+    dilations: list[int] = Field(default_factory=lambda: [1])
+    projection_hidden: int = Field(128, ge=1)
+    projection_dim: int = Field(64, ge=1)
+
+    @field_validator("channels", "dilations")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values):
+            raise ValueError("every entry must be >= 1")
+        return values
+
+
+class SelfsupTrainParams(OptimParams):
+    method: Literal["simclr"] = "simclr"
+    temperature: float = Field(0.2, gt=0)
+
+
+class SelfsupEvaluateParams(EvaluateParams):
+    """Probes on the frozen encoder and the label-efficiency report."""
+
+    knn_k: int = Field(20, ge=1)
+    linear_probe_weight_decay: float = Field(1e-3, ge=0)
+    linear_probe_max_iter: int = Field(200, ge=1)
+    raw_pixels_size: int = Field(32, ge=4)  # raw-pixel probe: images resized to this square
+    label_fractions: list[float] = Field(default_factory=lambda: [0.05, 0.25, 1.0], min_length=1)
+    transfer_steps: int = Field(150, ge=1)
+    transfer_batch_size: int = Field(16, ge=1)
+    transfer_lr: float = Field(0.006, gt=0)
+
+    @field_validator("label_fractions")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        if any(not 0 < v <= 1 for v in values):
+            raise ValueError("every fraction must be in (0, 1]")
+        return sorted(set(values))
+
+
+class SelfsupParams(Strict):
+    synth: SelfsupSynthParams = Field(default_factory=SelfsupSynthParams)
+    data: SelfsupDataParams = Field(default_factory=SelfsupDataParams)
+    augment: list[TransformSpec] = Field(default_factory=list)
+    model: SelfsupModelParams = Field(default_factory=SelfsupModelParams)
+    train: SelfsupTrainParams
+    evaluate: SelfsupEvaluateParams = Field(default_factory=SelfsupEvaluateParams)
+    registry: RegisterParams = Field(alias="register")
+
+
 # --- the whole file -----------------------------------------------------------------------
 
 
@@ -671,6 +766,10 @@ class Params(Strict):
     instance_segmentation: InstanceSegmentationParams | None = None
     pose: PoseParams | None = None
     stereo: StereoParams | None = None
+    selfsup: SelfsupParams | None = None
+    # Families whose training starts from a pretrained backbone: family -> a backbone file or a
+    # checkpoint holding a U-Net encoder, e.g. {segmentation: models/selfsup/best.ckpt}.
+    pretrained: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _enabled_tasks_configured(self) -> "Params":
@@ -679,6 +778,13 @@ class Params(Strict):
                 raise _KeyPathError(("tasks", index), _unknown(task, TASK_FAMILIES, "task family"))
             if getattr(self, task) is None:
                 raise _KeyPathError((task,), "enabled in tasks but has no section")
+        for task, source in self.pretrained.items():
+            if task not in self.tasks:
+                raise _KeyPathError(("pretrained", task), _unknown(task, self.tasks, "enabled task family"))
+            if not source or Path(source).is_absolute() or ".." in Path(source).parts:
+                raise _KeyPathError(("pretrained", task), f"must be a path inside the project, got {source!r}")
+            if Path(source).parts[:2] == ("models", task):
+                raise _KeyPathError(("pretrained", task), f"{source} is {task}'s own output: a cycle")
         return self
 
     def task(self, name: str) -> Any:

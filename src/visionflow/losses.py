@@ -71,3 +71,27 @@ def weighted_segmentation_loss(logits: torch.Tensor, target: torch.Tensor,
         terms[name] = SEGMENTATION_LOSSES[name](logits, target, **kwargs)
     terms["loss"] = sum(weights[name] * terms[name] for name in weights)
     return terms
+
+
+# --- self-supervised ------------------------------------------------------------------------
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's normalised temperature-scaled cross entropy (NT-Xent), mean over 2N anchors.
+
+    ``z1, z2 (N, D)``: embeddings of two views; row i of ``z1`` and row i of ``z2``
+    are a positive pair, every other of the 2N rows is a negative. With cosine
+    similarity ``s`` and temperature ``t``, anchor i with positive j scores
+    ``-log(exp(s_ij / t) / sum_{k != i} exp(s_ik / t))``.
+    """
+    if z1.ndim != 2 or z1.shape != z2.shape or len(z1) < 2:
+        raise ValueError(f"expected two (N, D) batches with N >= 2, got {tuple(z1.shape)} and "
+                         f"{tuple(z2.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n = len(z1)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = (z @ z.t()) / temperature
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(logits, positives)

@@ -83,6 +83,16 @@ class TaskPaths:
         return self.models / "registered.json"
 
     @property
+    def pretrained_dir(self) -> Path:
+        """What this family's training starts from: a folder in git (so DVC can always depend on
+        it) that the ``pretrained@<task>`` stage fills when params.yaml's ``pretrained`` names one."""
+        return self._at(f"pretrained/{self.task}")
+
+    @property
+    def pretrained_backbone(self) -> Path:
+        return self.pretrained_dir / "backbone.pt"
+
+    @property
     def train_scratch(self) -> Path:
         """Resumable checkpoints of unfinished runs, keyed by a hash of what they depend on."""
         return self.root / SCRATCH_DIR / "train" / self.task

@@ -104,16 +104,25 @@ def is_primary_process() -> bool:
 
 
 def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, tracking: TrackingParams,
-               paths: TaskPaths, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Train one family; write checkpoints, curves and a summary; return the summary."""
+               paths: TaskPaths, extra_callbacks: Sequence[Callback] = (),
+               pretrained_backbone: Path | None = None) -> dict[str, Any]:
+    """Train one family; write checkpoints, curves and a summary; return the summary.
+
+    ``pretrained_backbone``: a backbone file (``models/backbones.py``) the model starts from.
+    """
     started = time.perf_counter()
     L.seed_everything(params.train.seed, workers=True, verbose=False)
     data_root = paths.data_root(params.data.source)
     datamodule = family.datamodule(params, data_root, trainer_params)
     module = family.module(params, datamodule)
+    backbone_hash = None
+    if pretrained_backbone is not None:
+        family.start_from_backbone(module, pretrained_backbone)
+        backbone_hash = hashlib.sha256(pretrained_backbone.read_bytes()).hexdigest()[:12]
 
     trained_from = params.model_dump(mode="json", include={"data", "augment", "model", "train"})
-    run_key = params_hash({**trained_from, "dataset": data_fingerprint(data_root)})
+    run_key = params_hash({**trained_from, "dataset": data_fingerprint(data_root),
+                           **({"backbone": backbone_hash} if backbone_hash else {})})
     scratch = paths.train_scratch / run_key
     checkpoints = scratch / "checkpoints"
     resume_from = checkpoints / "last.ckpt"
@@ -130,7 +139,10 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
                                  mode=family.monitor_mode, save_last=True, save_top_k=1,
                                  auto_insert_metric_name=False)
     history = EpochHistory(paths.train_curves_csv)
-    stage = StageRun(family.name, "train", {family.name: params, "trainer": trainer_params})
+    logged: dict[str, Any] = {family.name: params, "trainer": trainer_params}
+    if backbone_hash:
+        logged["pretrained"] = {"backbone": str(pretrained_backbone), "sha256": backbone_hash}
+    stage = StageRun(family.name, "train", logged)
     run_context = stage_run(stage, tracking, paths.root, resume_run_id=previous_run) if primary \
         else nullcontext()
     with run_context as run:
@@ -156,6 +168,7 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
             "best_score": float(checkpoint.best_model_score),
             "seconds": round(time.perf_counter() - started, 1),
             "run_key": run_key,
+            "pretrained_backbone": backbone_hash,
         }
         log_metrics({f"best_{family.monitor.replace('/', '_')}": summary["best_score"]})
         log_artifacts([paths.train_curves_png, paths.train_curves_csv], "curves")

@@ -13,7 +13,8 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "acquire": ("acquire",),
     "synthesize": ("{task}.synth",),
     "augment": ("{task}.data", "{task}.augment", "{task}.train.seed"),
-    "train": ("{task}.data", "{task}.augment", "{task}.model", "{task}.train", "trainer"),
+    "pretrained": ("pretrained",),
+    "train": ("{task}.data", "{task}.augment", "{task}.model", "{task}.train", "trainer", "pretrained"),
     "evaluate": ("{task}.data", "{task}.evaluate", "trainer.accelerator"),
     "register": ("{task}.data", "{task}.register", "tracking"),
 }

@@ -25,7 +25,7 @@ def register_task(cls: type[TaskFamily]) -> type[TaskFamily]:
 
 def _load_builtin_families() -> None:
     from visionflow.tasks import segmentation  # noqa: F401  (registers itself)
-    from visionflow.tasks import detection, instance_segmentation, pose, stereo  # noqa: F401
+    from visionflow.tasks import detection, instance_segmentation, pose, selfsup, stereo  # noqa: F401
 
 
 def task_names() -> list[str]:

@@ -90,6 +90,15 @@ class TaskFamily(ABC):
     def export(self, module: Any, data_root: Path) -> ExportedModel:
         ...
 
+    def start_from_backbone(self, module: "L.LightningModule", backbone: Path) -> None:
+        """Load a pretrained backbone file into ``module``'s encoder before training (in place).
+
+        Must fail loudly (``models.backbones.BackboneMismatchError``) on weights that do
+        not fit. Families whose model has no shared encoder keep this default.
+        """
+        raise NotImplementedError(f"task family {self.name!r} cannot start from a pretrained backbone; "
+                                  f"remove pretrained.{self.name} from params.yaml")
+
     def predict(self, model: "torch.nn.Module", inputs: list[Path], out_dir: Path,
                 device: "torch.device") -> list[Path]:
         """Run an exported model (``export().module`` or its MLflow-logged copy) on user files.

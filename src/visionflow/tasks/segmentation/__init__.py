@@ -73,6 +73,11 @@ class Segmentation(TaskFamily):
 
         return SegmentationModel.from_checkpoint(checkpoint)
 
+    def start_from_backbone(self, module: Any, backbone: Path) -> None:
+        from visionflow.models.backbones import load_backbone
+
+        load_backbone(module.net.encoder, backbone)
+
     def evaluate(self, params: "SegmentationParams", module: Any, data_root: Path, out: EvalOutputs,
                  device: "torch.device") -> dict:
         from visionflow.tasks.segmentation.evaluate import evaluate_segmentation

@@ -1,0 +1,139 @@
+"""Self-supervised pretraining: SimCLR on unlabelled images, probes, label-efficiency transfer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from visionflow.tasks import register_task
+from visionflow.tasks.base import EvalOutputs, ExportedModel, TaskFamily
+
+if TYPE_CHECKING:
+    import torch
+
+    from visionflow.config import SelfsupParams, TrainerParams
+
+# Two views that differ by less than this (mean absolute difference, 8-bit levels) are
+# effectively one view: NT-Xent then learns nothing.
+MIN_VIEW_DIFFERENCE = 1.0
+
+
+def project_dirs(data_root: Path) -> tuple[Path, Path]:
+    """(synthetic root, raw datasets folder) of the project ``data_root`` belongs to.
+
+    ``data_root`` is ``<project>/data/synthetic/selfsup`` or ``<project>/data/raw/<name>``
+    (``TaskPaths.data_root``); the probe set and the label-efficiency scenes live in
+    the synthetic root whichever source the unlabelled images come from.
+    """
+    from visionflow.paths import RAW_DIR, TaskPaths
+
+    root = Path(data_root).parents[2]
+    return TaskPaths("selfsup", root).synthetic, root / RAW_DIR
+
+
+@register_task
+class Selfsup(TaskFamily):
+    name = "selfsup"
+    primary_metric = "linear_probe_accuracy"
+    monitor = "val/loss"
+    monitor_mode = "min"
+
+    def synthesize(self, params: "SelfsupParams", out_dir: Path, progress: bool = True) -> dict:
+        from visionflow.data.synth.shapes import ShapesSceneSpec
+        from visionflow.tasks.selfsup.data import write_selfsup_dataset
+
+        synth = params.synth.model_dump()
+        seed, splits, background = synth.pop("seed"), synth.pop("splits"), synth.pop("background")
+        spec = ShapesSceneSpec(**{**synth, "classes": tuple(synth["classes"])})
+        return write_selfsup_dataset(out_dir, spec, splits, seed, background, progress=progress)
+
+    def augment_preview(self, params: "SelfsupParams", data_root: Path, preview_png: Path) -> dict:
+        import numpy as np
+
+        from visionflow.augment import build_transforms
+        from visionflow.config import ConfigError
+        from visionflow.tasks.selfsup.data import (load_image, resolve_sources, two_views,
+                                                   unlabelled_images)
+        from visionflow.viz import save_grid
+
+        def pipeline():
+            return build_transforms(params.augment, "selfsup.augment", seed=params.train.seed)
+
+        synthetic, raw = project_dirs(data_root)
+        folders = resolve_sources(synthetic, raw, params.data.source, params.data.extra_unlabelled)
+        paths = unlabelled_images(folders[0])[:8]
+        first, replay = pipeline(), pipeline()
+        rows, differences, reproducible = [], [], True
+        for path in paths:
+            image = load_image(path, params.data.image_size)
+            views = two_views(first, image)
+            again = two_views(replay, image)
+            reproducible &= all(np.array_equal(a, b) for a, b in zip(views, again))
+            if views[0].shape != views[1].shape:
+                raise ConfigError(f"selfsup.augment: views of {path} come out in different sizes "
+                                  f"{views[0].shape} and {views[1].shape}; end with a fixed-size crop")
+            differences.append(float(np.abs(views[0].astype(np.float32) - views[1]).mean()))
+            rows.append([image, *views])
+        save_grid(preview_png, rows, scale=max(1, 128 // params.data.image_size))
+        mean_difference = float(np.mean(differences))
+        if mean_difference < MIN_VIEW_DIFFERENCE:
+            raise ConfigError(f"selfsup.augment: the two views of an image are (nearly) identical "
+                              f"(mean difference {mean_difference:.2f} levels); contrastive learning "
+                              f"needs random transforms (crops, colour jitter); see {preview_png}")
+        return {"samples": len(rows), "mean_view_difference": mean_difference,
+                "reproducible_with_seed": float(reproducible)}
+
+    def datamodule(self, params: "SelfsupParams", data_root: Path, trainer: "TrainerParams"):
+        from visionflow.augment import build_transforms
+        from visionflow.tasks.selfsup.data import SelfsupDataModule, resolve_sources
+
+        synthetic, raw = project_dirs(data_root)
+        folders = resolve_sources(synthetic, raw, params.data.source, params.data.extra_unlabelled)
+        seed = params.train.seed
+        return SelfsupDataModule(
+            folders, params.data.image_size, params.data.val_fraction, params.train.batch_size,
+            build_transforms(params.augment, "selfsup.augment", seed=seed),
+            build_transforms(params.augment, "selfsup.augment", seed=seed + 1),
+            num_workers=trainer.num_workers, seed=seed)
+
+    def module(self, params: "SelfsupParams", datamodule: Any):
+        from visionflow.tasks.selfsup.module import SelfsupModule
+
+        return SelfsupModule(params.model.model_dump(), params.train.model_dump())
+
+    def load_module(self, checkpoint: Path):
+        from visionflow.tasks.selfsup.module import SelfsupModule
+
+        return SelfsupModule.load_from_checkpoint(checkpoint, map_location="cpu")
+
+    def start_from_backbone(self, module: Any, backbone: Path) -> None:
+        """Continue pretraining from an earlier backbone (the projection head starts afresh)."""
+        from visionflow.models.backbones import load_backbone
+
+        load_backbone(module.net.encoder, backbone)
+
+    def evaluate(self, params: "SelfsupParams", module: Any, data_root: Path, out: EvalOutputs,
+                 device: "torch.device") -> dict:
+        from visionflow.tasks.selfsup.evaluate import evaluate_selfsup
+
+        synthetic, raw = project_dirs(data_root)
+        return evaluate_selfsup(module, synthetic, raw, out, device, params)
+
+    def export(self, module: Any, data_root: Path) -> ExportedModel:
+        import torch
+
+        from visionflow.data.batching import image_to_tensor
+        from visionflow.data.images import read_rgb
+        from visionflow.tasks.selfsup.data import load_probe_set, probe_root
+
+        synthetic, raw = project_dirs(data_root)
+        probe = load_probe_set(probe_root(synthetic, raw, "synthetic"))
+        paths = (probe.test_paths * 2)[:2]  # a batch of 2: torch.export pins a batch of 1
+        example = torch.stack([image_to_tensor(read_rgb(p)) for p in paths]).numpy()
+        embedding = module.net.embedding.eval()
+        return ExportedModel(embedding, example, (-1, 3, -1, -1), (-1, embedding.dim))
+
+    def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device") -> list[Path]:
+        from visionflow.tasks.selfsup.predict import predict_embeddings
+
+        return predict_embeddings(model, inputs, out_dir, device)

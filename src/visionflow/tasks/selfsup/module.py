@@ -1,0 +1,46 @@
+"""Lightning module for contrastive pretraining (SimCLR): two views in, NT-Xent out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from visionflow.losses import nt_xent_loss
+from visionflow.models.contrastive import ContrastiveNet
+from visionflow.tasks.lightning_base import TaskModule
+
+
+class SelfsupModule(TaskModule):
+    """Batches are (view_1 (N, 3, H, W), view_2 (N, 3, H, W)), float in [0, 1].
+
+    ``net.encoder`` is the shared U-Net encoder; ``net.embedding`` pools it to
+    (N, D); ``net.head`` projects for the loss and is dropped after pretraining.
+    """
+
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any]):
+        super().__init__(optim)
+        self.save_hyperparameters()
+        self.net = ContrastiveNet(tuple(model["channels"]), tuple(model["dilations"]),
+                                  model["projection_hidden"], model["projection_dim"])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, H, W) -> projections (N, projection_dim)."""
+        # channels-last lets oneDNN (CPU) and tensor cores (GPU) run the convolutions faster
+        return self.net(images.contiguous(memory_format=torch.channels_last))
+
+    def model_step(self, batch: tuple[torch.Tensor, torch.Tensor]):
+        first, second = batch
+        # One forward over both views: BatchNorm sees the 2N batch, as in SimCLR.
+        projections = self(torch.cat([first, second]))
+        z1, z2 = projections.chunk(2)
+        return projections, {"loss": nt_xent_loss(z1, z2, self.optim["temperature"])}
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        _, losses = self.model_step(batch)
+        self.log("val/loss", losses["loss"], on_epoch=True, batch_size=len(batch[0]))
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images (N, 3, H, W) -> pooled encoder embeddings (N, D)."""
+        return self.net.embedding(images.contiguous(memory_format=torch.channels_last))

@@ -1,0 +1,33 @@
+"""Embed user images with a pretrained backbone: one CSV row per image."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from visionflow.data.batching import image_to_tensor
+from visionflow.data.images import read_rgb
+
+
+@torch.no_grad()
+def predict_embeddings(model: torch.nn.Module, inputs: list[Path], out_dir: Path,
+                       device: torch.device) -> list[Path]:
+    """Write ``out_dir/embeddings.csv``: ``file, e0 ... e{D-1}`` (the pooled encoder output).
+
+    ``model`` maps images (N, 3, H, W) in [0, 1] to embeddings (N, D); each file
+    is embedded at its own size.
+    """
+    model = model.to(device)  # export() hands over eval-mode modules
+    rows = []
+    for path in inputs:
+        image = image_to_tensor(read_rgb(path)).unsqueeze(0).to(device)
+        rows.append([str(path), *(f"{v:.6g}" for v in model(image)[0].cpu().tolist())])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / "embeddings.csv"
+    with open(target, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", *(f"e{i}" for i in range(len(rows[0]) - 1))] if rows else ["file"])
+        writer.writerows(rows)
+    return [target]
