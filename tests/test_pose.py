@@ -257,7 +257,8 @@ def test_a_different_skeleton_trains_and_evaluates_unchanged(figures_dataset, tm
     assert datamodule.schema.flip_index == (0, 2, 1, 4, 3)  # from the names
     module = family.module(params, datamodule)
     trainer = build_trainer(TrainerParams(accelerator="cpu", progress_bar=False), 1, tmp_path / "run", [])
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, train_dataloaders=datamodule.train_dataloader(),
+                val_dataloaders=datamodule.val_dataloader())
     assert trainer.global_step > 0
     with pytest.warns(UserWarning, match="uniform 0.05 for all 5 keypoints"):
         metrics = family.evaluate(params, module, root, EvalOutputs(tmp_path / "plots", tmp_path / "reports"),

@@ -18,6 +18,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from visionflow.constants import IGNORE_INDEX
+from visionflow.data.images import ImageReadError, read_rgb
 
 BOX_TOLERANCE_PX = 1.0  # boxes may stick out of the image by rounding, no more
 
@@ -49,6 +50,15 @@ class CocoDataset:
 
     def image_path(self, image: dict) -> Path:
         return self.root / image["file_name"]
+
+    def read_image(self, image: dict) -> np.ndarray:
+        """The image of a record as uint8 (H, W, 3) RGB; its size must be the record's."""
+        path = self.image_path(image)
+        pixels = read_rgb(path)
+        if pixels.shape[:2] != (image["height"], image["width"]):
+            raise ImageReadError(f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]} but {self.path} image id "
+                                 f"{image['id']} says width {image['width']}, height {image['height']}")
+        return pixels
 
     def annotations_of(self, image_id: int) -> list[dict]:
         return self.by_image.get(image_id, [])

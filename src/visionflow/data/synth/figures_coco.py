@@ -11,17 +11,12 @@ equal params.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from tqdm import tqdm
-
-from visionflow.data.coco import dump_json, encode_mask
-from visionflow.data.images import write_png
+from visionflow.data.coco import encode_mask
 from visionflow.data.synth.figures import FIGURES, FigureModel, FigureScene, FigureSceneSpec, render_figure_scene
-from visionflow.data.synth.shapes import scene_rng
-from visionflow.data.synth.shapes_coco import mask_bbox
+from visionflow.data.synth.shapes_coco import mask_bbox, write_coco_scenes
 
 KEYPOINT_DECIMALS = 3  # sub-pixel positions, compact files
 
@@ -60,27 +55,7 @@ def figure_annotations(scene: FigureScene, image_id: int, first_annotation_id: i
 def write_figures_coco(out_dir: str | Path, spec: FigureSceneSpec, splits: Mapping[str, int], seed: int,
                        progress: bool = True) -> dict[str, dict[str, int]]:
     """Render every split into ``out_dir`` (replaced atomically); returns counts per split."""
-    out_dir = Path(out_dir)
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    categories = [keypoint_category(FIGURES[spec.figure])]
-    counts = {}
-    with tqdm(total=sum(splits.values()), desc=f"synthesize {out_dir.name}", disable=not progress,
-              unit="img") as bar:
-        for split, n_images in splits.items():
-            images, annotations = [], []
-            for index in range(n_images):
-                scene = render_figure_scene(scene_rng(seed, split, index), spec)
-                file_name = f"images/{split}/{index:06d}.png"
-                write_png(staging / file_name, scene.image)
-                images.append({"id": index + 1, "file_name": file_name,
-                               "width": spec.image_size, "height": spec.image_size})
-                annotations += figure_annotations(scene, index + 1, len(annotations) + 1)
-                bar.update()
-            dump_json(staging / f"{split}.json",
-                      {"images": images, "annotations": annotations, "categories": categories})
-            counts[split] = {"images": len(images), "annotations": len(annotations),
-                             "labelled_keypoints": sum(a["num_keypoints"] for a in annotations)}
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
-    return counts
+    return write_coco_scenes(out_dir, splits, seed, spec.image_size, [keypoint_category(FIGURES[spec.figure])],
+                             lambda rng: render_figure_scene(rng, spec), figure_annotations, progress,
+                             lambda annotations: {"labelled_keypoints": sum(a["num_keypoints"]
+                                                                            for a in annotations)})

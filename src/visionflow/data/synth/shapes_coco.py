@@ -12,8 +12,9 @@ tight ``bbox`` and ``area``. The output is byte-identical for equal params.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -45,31 +46,46 @@ def scene_annotations(scene: Scene, image_id: int, first_annotation_id: int) -> 
     return annotations
 
 
-def write_shapes_coco(out_dir: str | Path, spec: ShapesSceneSpec, splits: Mapping[str, int],
-                      seed: int, progress: bool = True) -> dict[str, dict[str, int]]:
-    """Render every split into ``out_dir`` (replaced atomically); returns counts per split."""
+def write_coco_scenes(out_dir: str | Path, splits: Mapping[str, int], seed: int, image_size: int,
+                      categories: list[dict], render: Callable[[np.random.Generator], Any],
+                      annotate: Callable[[Any, int, int], list[dict]], progress: bool = True,
+                      split_counts: Callable[[list[dict]], dict[str, int]] | None = None,
+                      ) -> dict[str, dict[str, int]]:
+    """Render ``splits`` scenes into a COCO dataset in ``out_dir`` (replaced atomically).
+
+    ``render(rng)`` draws one scene (with an ``image`` uint8 (S, S, 3)) from the scene's own
+    seeded generator; ``annotate(scene, image_id, first_annotation_id)`` lists its COCO
+    annotations. Returns images and annotations per split, plus ``split_counts(annotations)``.
+    """
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"}
-                  for i, name in enumerate(spec.classes)]
     counts = {}
-    total = sum(splits.values())
-    with tqdm(total=total, desc=f"synthesize {out_dir.name}", disable=not progress,
+    with tqdm(total=sum(splits.values()), desc=f"synthesize {out_dir.name}", disable=not progress,
               unit="img") as bar:
         for split, n_images in splits.items():
             images, annotations = [], []
             for index in range(n_images):
-                scene = render_scene(scene_rng(seed, split, index), spec)
+                scene = render(scene_rng(seed, split, index))
                 file_name = f"images/{split}/{index:06d}.png"
                 write_png(staging / file_name, scene.image)
                 images.append({"id": index + 1, "file_name": file_name,
-                               "width": spec.image_size, "height": spec.image_size})
-                annotations += scene_annotations(scene, index + 1, len(annotations) + 1)
+                               "width": image_size, "height": image_size})
+                annotations += annotate(scene, index + 1, len(annotations) + 1)
                 bar.update()
             dump_json(staging / f"{split}.json",
                       {"images": images, "annotations": annotations, "categories": categories})
-            counts[split] = {"images": len(images), "annotations": len(annotations)}
+            counts[split] = {"images": len(images), "annotations": len(annotations),
+                             **(split_counts(annotations) if split_counts else {})}
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     return counts
+
+
+def write_shapes_coco(out_dir: str | Path, spec: ShapesSceneSpec, splits: Mapping[str, int],
+                      seed: int, progress: bool = True) -> dict[str, dict[str, int]]:
+    """Render every split into ``out_dir`` (replaced atomically); returns counts per split."""
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"}
+                  for i, name in enumerate(spec.classes)]
+    return write_coco_scenes(out_dir, splits, seed, spec.image_size, categories,
+                             lambda rng: render_scene(rng, spec), scene_annotations, progress)

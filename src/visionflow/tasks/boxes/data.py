@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from visionflow.config import BoxAugmentParams
-from visionflow.data.batching import image_to_tensor
+from visionflow.data.batching import TrainValLoaders, image_to_tensor
 from visionflow.data.coco import CocoDataset, CocoFormatError, annotation_mask, load_coco
-from visionflow.data.images import ImageReadError, read_rgb
 
 
 def load_split(data_root: Path, split: str) -> CocoDataset:
@@ -74,12 +73,8 @@ class CocoDetectionDataset(Dataset):
         """Before any transform: ``image`` uint8 (H, W, 3), ``bboxes`` float32 (K, 4) COCO xywh,
         ``labels`` int64 (K,), ``masks`` bool (K, H, W) (with_masks only)."""
         record = self.coco.images[index]
-        path = self.coco.image_path(record)
-        image = read_rgb(path)
+        image = self.coco.read_image(record)
         height, width = record["height"], record["width"]
-        if image.shape[:2] != (height, width):
-            raise ImageReadError(f"{path}: image is {image.shape[1]}x{image.shape[0]} but {self.coco.path} "
-                                 f"image id {record['id']} says width {width}, height {height}")
         annotations = [a for a in self.coco.annotations_of(record["id"]) if not a.get("iscrowd", 0)]
         sample = {
             "image": image,
@@ -149,11 +144,10 @@ def detection_collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Ten
     return images, targets
 
 
-class DetectionData:
-    """Train and validation loaders (what ``training.train_task`` needs from a family's data).
+class DetectionData(TrainValLoaders):
+    """The train and validation splits of a COCO box (and mask) dataset, with their loaders."""
 
-    Plain torch, so stages that only read data do not pay for importing Lightning.
-    """
+    collate = staticmethod(detection_collate)
 
     def __init__(self, data_root: Path, batch_size: int, train_transform: Any = None,
                  with_masks: bool = False, num_workers: int = 0, seed: int = 0):
@@ -178,15 +172,3 @@ class DetectionData:
         """The validation split as COCO JSON, for the AP computed after every epoch."""
         coco = self.val.coco
         return {"images": coco.images, "annotations": coco.annotations, "categories": coco.categories}
-
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
-                          num_workers=self.num_workers, collate_fn=detection_collate, generator=generator,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, 2 * self.batch_size, shuffle=False)

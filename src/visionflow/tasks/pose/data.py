@@ -19,15 +19,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from visionflow.config import ConfigError, TransformSpec
-from visionflow.data.batching import image_to_tensor
+from visionflow.data.batching import TrainValLoaders, image_to_tensor
 from visionflow.data.coco import CocoDataset, CocoFormatError, load_coco
-from visionflow.data.images import ImageReadError, read_rgb
 
 
 # --- the skeleton, from the data --------------------------------------------------------------
@@ -325,14 +323,7 @@ class CocoPoseDataset(Dataset):
     def image(self, image_id: int) -> np.ndarray:
         """uint8 (H, W, 3), read once and kept (synthetic sets are small)."""
         if image_id not in self._cache:
-            record = self.images[image_id]
-            path = self.coco.image_path(record)
-            image = read_rgb(path)
-            if image.shape[:2] != (record["height"], record["width"]):
-                raise ImageReadError(
-                    f"{path}: image is {image.shape[1]}x{image.shape[0]} but {self.coco.path} image id "
-                    f"{record['id']} says width {record['width']}, height {record['height']}")
-            self._cache[image_id] = image
+            self._cache[image_id] = self.coco.read_image(self.images[image_id])
         return self._cache[image_id]
 
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -353,10 +344,13 @@ class CocoPoseDataset(Dataset):
         return image_to_tensor(crop), torch.from_numpy(keypoints), torch.from_numpy(info)
 
 
-class PoseDataModule(L.LightningDataModule):
+class PoseDataModule(TrainValLoaders):
+    """Per-object crops of the train and validation splits, with their loaders."""
+
+    val_batch_multiplier = 4
+
     def __init__(self, data_root: Path, schema: KeypointSchema, geometry: CropGeometry, batch_size: int,
                  train_transform: KeypointAugment | None = None, num_workers: int = 0, seed: int = 0):
-        super().__init__()
         self.data_root = Path(data_root)
         self.schema, self.geometry = schema, geometry
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
@@ -370,15 +364,3 @@ class PoseDataModule(L.LightningDataModule):
         self.val = CocoPoseDataset(val_coco, schema, geometry)
         if not len(self.train):
             raise ValueError(f"{self.data_root}/train.json: no object with labelled keypoints to train on")
-
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                          drop_last=shuffle and len(dataset) > batch_size, num_workers=self.num_workers,
-                          generator=generator, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, 4 * self.batch_size, shuffle=False)

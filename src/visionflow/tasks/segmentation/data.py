@@ -7,11 +7,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from visionflow.data.batching import image_to_tensor, pad_collate
+from visionflow.data.batching import TrainValLoaders, image_to_tensor, pad_collate
 from visionflow.data.coco import CocoDataset, load_coco, semantic_mask
-from visionflow.data.images import ImageReadError, read_rgb
 
 
 class CocoSemanticDataset(Dataset):
@@ -36,12 +35,7 @@ class CocoSemanticDataset(Dataset):
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (H, W, 3) image and uint8 (H, W) labels, before any transform."""
         record = self.coco.images[index]
-        path = self.coco.image_path(record)
-        image = read_rgb(path)
-        if image.shape[:2] != (record["height"], record["width"]):
-            raise ImageReadError(
-                f"{path}: image is {image.shape[1]}x{image.shape[0]} but {self.coco.path} image id "
-                f"{record['id']} says width {record['width']}, height {record['height']}")
+        image = self.coco.read_image(record)
         labels = semantic_mask(self.coco.annotations_of(record["id"]), record["height"],
                                record["width"], self.label_of_category)
         return image, labels
@@ -61,11 +55,10 @@ def load_split(data_root: Path, split: str) -> CocoDataset:
     return load_coco(path, root=data_root)
 
 
-class SegmentationData:
-    """Train and validation loaders (what ``training.train_task`` needs from a family's data).
+class SegmentationData(TrainValLoaders):
+    """The train and validation splits of a COCO segmentation dataset, with their loaders."""
 
-    Plain torch, so stages that only read data do not pay for importing Lightning.
-    """
+    collate = staticmethod(pad_collate)
 
     def __init__(self, data_root: Path, batch_size: int, train_transform: Any = None,
                  num_workers: int = 0, seed: int = 0):
@@ -81,15 +74,3 @@ class SegmentationData:
     @property
     def class_names(self) -> list[str]:
         return self.train.class_names
-
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
-                          num_workers=self.num_workers, collate_fn=pad_collate, generator=generator,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, 2 * self.batch_size, shuffle=False)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -263,10 +262,9 @@ def split_train_val(paths: list[Path], val_fraction: float) -> tuple[list[Path],
     return train, val
 
 
-class SelfsupDataModule(L.LightningDataModule):
+class SelfsupDataModule:
     def __init__(self, folders: list[Path], size: int, val_fraction: float, batch_size: int,
                  train_transform: Any, val_transform: Any, num_workers: int = 0, seed: int = 0):
-        super().__init__()
         paths = [p for folder in folders for p in unlabelled_images(folder)]
         train_paths, val_paths = split_train_val(paths, val_fraction)
         if len(train_paths) < batch_size:

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import cv2
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from visionflow.config import ConfigError, StereoAugmentParams, StereoParams, TransformSpec
-from visionflow.data.batching import image_to_tensor
+from visionflow.data.batching import TrainValLoaders, image_to_tensor
 from visionflow.data.stereo import StereoRecord, find_pairs, list_splits, read_pair
 from visionflow.paths import TaskPaths
 
@@ -212,9 +211,13 @@ def labelled_split(root: Path, split: str) -> list[StereoRecord]:
     return records
 
 
-class StereoDataModule(L.LightningDataModule):
+class StereoDataModule(TrainValLoaders):
+    """Labelled synthetic (or acquired) pairs, plus unlabelled real pairs for the self-supervised phase."""
+
+    collate = staticmethod(stereo_collate)
+    val_batch_multiplier = 1
+
     def __init__(self, data_root: Path, params: StereoParams, num_workers: int = 0):
-        super().__init__()
         self.data_root = Path(data_root)
         self.params = params
         self.batch_size, self.num_workers, self.seed = params.train.batch_size, num_workers, params.train.seed
@@ -233,16 +236,3 @@ class StereoDataModule(L.LightningDataModule):
         self.train = StereoPairDataset(self.train_records, self.augmenter, self.real_records,
                                        selfsup.downscale)
         self.val = StereoPairDataset(self.val_records)
-
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
-                          num_workers=self.num_workers, collate_fn=stereo_collate, generator=generator,
-                          persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val, self.batch_size, shuffle=False)
-
