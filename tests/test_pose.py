@@ -352,7 +352,8 @@ def test_flip_test_makes_predictions_mirror_equivariant():
     assert mirrored == pytest.approx(expected, abs=1e-4)
 
 
-def test_predict_without_detection_takes_the_whole_image(figures_dataset, tmp_path):
+def test_predict_without_detection_takes_the_whole_image(figures_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a project without models/detection/best.ckpt
     params = parse_params(tiny_params_dict()).pose
     family = get_task("pose")
     module = family.module(params, family.datamodule(params, figures_dataset, TrainerParams())).eval()

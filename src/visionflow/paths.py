@@ -30,6 +30,13 @@ class TaskPaths:
     def synthetic(self) -> Path:
         return self._at(f"data/synthetic/{self.task}")
 
+    @property
+    def synthetic_manifest(self) -> Path:
+        """File count and content digest of :attr:`synthetic`, written by synthesize. The stages
+        after it depend on this small file instead of the folder, so that DVC walks the folder's
+        thousands of files once per ``dvc repro`` (as synthesize's output), not once per stage."""
+        return self._at(f"data/synthetic/{self.task}.json")
+
     def data_root(self, source: str) -> Path:
         """The COCO-layout dataset a family reads: its synthetic set or an acquired one."""
         return self.synthetic if source == "synthetic" else self.root / RAW_DIR / source

@@ -1,7 +1,10 @@
-"""synthesize: render the family's seeded synthetic dataset into data/synthetic/<task>/."""
+"""synthesize: render the family's seeded synthetic dataset into data/synthetic/<task>/, and its
+manifest (file count, content digest) into data/synthetic/<task>.json."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from visionflow.config import Params
@@ -11,8 +14,23 @@ from visionflow.tracking import StageRun, log_metrics, stage_run
 
 
 def run(params: Params, task: str, root: Path, progress: bool = True) -> dict:
-    family, section = get_task(task), params.task(task)
-    counts = family.synthesize(section, TaskPaths(task, root).synthetic, progress=progress)
+    family, section, paths = get_task(task), params.task(task), TaskPaths(task, root)
+    counts = family.synthesize(section, paths.synthetic, progress=progress)
+    write_manifest(paths.synthetic, paths.synthetic_manifest)
     with stage_run(StageRun(task, "synthesize", {f"{task}.synth": section.synth}), params.tracking, root):
         log_metrics(counts)
     return counts
+
+
+def write_manifest(folder: Path, manifest: Path) -> dict:
+    """``{"files": N, "sha256": digest}`` over every file's relative path and bytes, written
+    atomically: equal datasets give byte-equal manifests."""
+    digest, files = hashlib.sha256(), sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in files:
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    summary = {"files": len(files), "sha256": digest.hexdigest()}
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    tmp.replace(manifest)
+    return summary
