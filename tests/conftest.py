@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -74,6 +75,12 @@ def merge(base: dict, overrides: dict) -> dict:
     for key, value in overrides.items():
         out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) and key in base else value
     return out
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file below ``folder``, by relative path (for byte-identical checks)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def tiny_params_dict(**extra: dict) -> dict:

@@ -27,6 +27,19 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
+def predict_from_registry_and_checkpoint(project: Path, env: dict, task: str) -> tuple[Path, Path]:
+    """``visionflow predict`` on the first test image with the registered champion, then with the
+    checkpoint; the two output folders."""
+    image = project / f"data/synthetic/{task}/images/test/000000.png"
+    outs = []
+    for model, out in ((f"models:/visionflow-{task}@champion", f"{task}_registry"),
+                       (f"models/{task}/best.ckpt", f"{task}_checkpoint")):
+        subprocess.run([str(BIN / "visionflow"), "predict", "--task", task, "--model", model, "--out", out,
+                        str(image)], cwd=project, env=env, check=True, capture_output=True)
+        outs.append(project / out)
+    return outs[0], outs[1]
+
+
 def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path, project_env: dict):
     out = dvc(tiny_project, project_env, "repro")
     tasks = yaml.safe_load((tiny_project / "params.yaml").read_text())["tasks"]
@@ -66,23 +79,12 @@ def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path
     assert str(champion.version) == "1"
 
     # The registered champion predicts exactly what the checkpoint does.
-    image = tiny_project / "data/synthetic/segmentation/images/test/000000.png"
-    for model, out in (("models:/visionflow-segmentation@champion", "from_registry"),
-                       ("models/segmentation/best.ckpt", "from_checkpoint")):
-        subprocess.run([str(BIN / "visionflow"), "predict", "--task", "segmentation", "--model", model,
-                        "--out", out, str(image)], cwd=tiny_project, env=project_env, check=True,
-                       capture_output=True)
-    assert (tiny_project / "from_registry/000000_labels.png").read_bytes() == \
-        (tiny_project / "from_checkpoint/000000_labels.png").read_bytes()
+    registry, checkpoint = predict_from_registry_and_checkpoint(tiny_project, project_env, "segmentation")
+    assert (registry / "000000_labels.png").read_bytes() == (checkpoint / "000000_labels.png").read_bytes()
     if "pose" in tasks:  # crops in, keypoints out: the registered copy (torch.export) agrees too
-        image = tiny_project / "data/synthetic/pose/images/test/000000.png"
-        for model, out in (("models:/visionflow-pose@champion", "pose_registry"),
-                           ("models/pose/best.ckpt", "pose_checkpoint")):
-            subprocess.run([str(BIN / "visionflow"), "predict", "--task", "pose", "--model", model,
-                            "--out", out, str(image)], cwd=tiny_project, env=project_env, check=True,
-                           capture_output=True)
-        registry = json.loads((tiny_project / "pose_registry/000000_keypoints.json").read_text())
-        checkpoint = json.loads((tiny_project / "pose_checkpoint/000000_keypoints.json").read_text())
+        registry, checkpoint = predict_from_registry_and_checkpoint(tiny_project, project_env, "pose")
+        registry = json.loads((registry / "000000_keypoints.json").read_text())
+        checkpoint = json.loads((checkpoint / "000000_keypoints.json").read_text())
         assert registry[0]["keypoints"] == pytest.approx(checkpoint[0]["keypoints"], abs=1e-3)
 
     # Stereo: the registered champion (torch.export, one (N, 6, H, W) input) predicts what the checkpoint does.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_params_dict
+from conftest import tiny_params_dict, tree_hashes
 from visionflow.config import ConfigError, TrainerParams, TransformSpec, parse_params
 from visionflow.data.coco import CocoFormatError, annotation_mask, load_coco
 from visionflow.data.synth.figures import FIGURES, FigureSceneSpec, render_figure_scene
@@ -31,11 +30,6 @@ SPEC = FigureSceneSpec(image_size=64, min_height=24, max_height=48, truncation_p
 SPLITS = {"train": 8, "test": 4}
 PERSON = FIGURES["person"]
 PERSON_FLIP = flip_index_from_pairs(PERSON.keypoints, PERSON.flip_pairs, "person")
-
-
-def tree_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import tree_hashes
 from visionflow.constants import IGNORE_INDEX
 from visionflow.data.coco import CocoFormatError, annotation_mask, encode_mask, load_coco, semantic_mask
 from visionflow.data.images import ImageReadError
@@ -18,11 +18,6 @@ from visionflow.data.synth.shapes_coco import write_shapes_coco
 
 SPEC = ShapesSceneSpec(image_size=32, min_radius=4, max_radius=9)
 SPLITS = {"train": 6, "test": 3}
-
-
-def tree_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
