@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import tiny_params_dict, tree_hashes
 from visionflow.config import ConfigError, TrainerParams, TransformSpec, parse_params
@@ -358,6 +359,35 @@ def test_predict_without_detection_takes_the_whole_image(figures_dataset, tmp_pa
     (result,) = json.loads((tmp_path / "out" / "000000_keypoints.json").read_text())
     assert result["bbox"] == [0.0, 0.0, 64.0, 64.0] and len(result["keypoints"]) == 3 * 14
 
+
+
+def test_predict_takes_the_detector_it_is_given_over_the_projects(figures_dataset, tmp_path, monkeypatch):
+    import visionflow.tasks.pose.predict as pose_predict
+
+    def project_detector(device):
+        raise AssertionError("the project's detector was looked up")
+
+    monkeypatch.setattr(pose_predict, "project_detector", project_detector)
+    params = parse_params(tiny_params_dict()).pose
+    family = get_task("pose")
+    module = family.module(params, family.datamodule(params, figures_dataset, TrainerParams())).eval()
+    exported = family.export(module, figures_dataset).module
+    image = figures_dataset / "images" / "test" / "000000.png"
+    family.predict(exported, [image], tmp_path / "out", torch.device("cpu"), detector=None)
+    (result,) = json.loads((tmp_path / "out" / "000000_keypoints.json").read_text())
+    assert result["bbox"] == [0.0, 0.0, 64.0, 64.0]
+    with pytest.raises(AssertionError, match="project's detector"):  # no detector given: the project's
+        family.predict(exported, [image], tmp_path / "out", torch.device("cpu"))
+
+
+def test_detector_option_is_refused_for_other_tasks(tmp_path, capsys):
+    from visionflow.cli import main
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_params_dict(tasks=["segmentation", "pose"])))
+    code = main(["--params", str(params_file), "predict", "--task", "segmentation", "--detector", "none",
+                 str(tmp_path / "image.png")])
+    assert code == 2 and "--detector: only pose" in capsys.readouterr().err
 
 def test_detection_boxes_come_from_the_detection_familys_model(tmp_path, monkeypatch):
     # The detection family's tiny model (trained by its own stage) supplies the boxes; every box

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--task", required=True)
     predict.add_argument("--model", help="a checkpoint (default: models/<task>/best.ckpt) or an "
                          "MLflow model URI such as models:/visionflow-<task>@champion")
+    predict.add_argument("--detector", help="pose: the detection model whose boxes are cropped, a checkpoint or "
+                         "a models:/ URI; 'none': each image is one box (default: models/detection/best.ckpt "
+                         "if the project has one)")
     predict.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
     predict.add_argument("inputs", nargs="+", type=Path, help="input files (e.g. images)")
     coco = sub.add_parser("coco-eval", help="score a COCO results file against COCO ground truth "
@@ -65,25 +68,40 @@ def run_coco_eval(args: argparse.Namespace) -> dict:
             "per_class_AP": result.per_class_ap}
 
 
-def run_predict(params, root: Path, args: argparse.Namespace) -> dict:
+def load_model(params, root: Path, task: str, model_ref: str):
+    """The exported model of ``task`` from a checkpoint path or an MLflow model URI."""
     from visionflow.paths import TaskPaths
-    from visionflow.stages.evaluate import pick_device
     from visionflow.tasks import get_task
 
-    family, paths = get_task(args.task), TaskPaths(args.task, root)
-    model_ref = args.model or str(paths.best_checkpoint)
     if "://" in model_ref or model_ref.startswith("models:/"):
         import mlflow
 
         from visionflow.tracking import tracking_uri
 
         mlflow.set_tracking_uri(tracking_uri(params.tracking, root))
-        model = mlflow.pytorch.load_model(model_ref)
-    else:
-        module = family.load_module(Path(model_ref))
-        model = family.export(module, paths.data_root(params.task(args.task).data.source)).module
-    written = family.predict(model, args.inputs, args.out,
-                             pick_device(params.trainer.accelerator))
+        return mlflow.pytorch.load_model(model_ref)
+    family, paths = get_task(task), TaskPaths(task, root)
+    module = family.load_module(Path(model_ref))
+    return family.export(module, paths.data_root(params.task(task).data.source)).module
+
+
+def run_predict(params, root: Path, args: argparse.Namespace) -> dict:
+    from visionflow.config import ConfigError
+    from visionflow.paths import TaskPaths
+    from visionflow.stages.evaluate import pick_device
+    from visionflow.tasks import get_task
+
+    if args.detector is not None and args.task != "pose":
+        raise ConfigError(f"--detector: only pose crops boxes from a detector, not {args.task}")
+    family = get_task(args.task)
+    model_ref = args.model or str(TaskPaths(args.task, root).best_checkpoint)
+    model = load_model(params, root, args.task, model_ref)
+    device = pick_device(params.trainer.accelerator)
+    options = {}
+    if args.detector is not None:
+        options["detector"] = (None if args.detector == "none" else
+                               load_model(params, root, "detection", args.detector).to(device).eval())
+    written = family.predict(model, args.inputs, args.out, device, **options)
     return {"model": model_ref, "written": [str(p) for p in written]}
 
 

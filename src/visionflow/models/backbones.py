@@ -49,15 +49,23 @@ def save_backbone(encoder: nn.Module, path: str | Path, meta: dict[str, Any] | N
     return save_state(encoder.state_dict(), path, encoder_architecture(encoder), meta)
 
 
-def read_backbone(path: str | Path) -> dict[str, Any]:
-    """The parsed backbone file; errors name the file and what is wrong with it."""
-    path = Path(path)
+def _load_tensors(path: Path, what: str) -> Any:
+    """``torch.load`` of tensors only; a missing or unreadable file is an error naming it."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: backbone file not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors all mean "not a backbone file"
-        raise BackboneMismatchError(f"{path}: not a readable backbone file ({exc})") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors all mean "not such a file"
+        raise BackboneMismatchError(f"{path}: not a readable {what} ({exc})") from None
+
+
+def read_backbone(path: str | Path) -> dict[str, Any]:
+    """The parsed backbone file; errors name the file and what is wrong with it."""
+    path = Path(path)
+    return _checked_backbone(_load_tensors(path, "backbone file"), path)
+
+
+def _checked_backbone(payload: Any, path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != BACKBONE_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise BackboneMismatchError(f"{path}: format is {found!r}, expected {BACKBONE_FORMAT!r} "
@@ -120,14 +128,9 @@ def encoder_state_from_checkpoint(state_dict: dict[str, torch.Tensor], source: s
 def backbone_from_file(path: str | Path) -> dict[str, Any]:
     """A backbone payload from a backbone file or from a Lightning checkpoint holding an encoder."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: backbone file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise BackboneMismatchError(f"{path}: not a readable backbone file or checkpoint ({exc})") from None
+    payload = _load_tensors(path, "backbone file or checkpoint")
     if isinstance(payload, dict) and payload.get("format") == BACKBONE_FORMAT:
-        return read_backbone(path)
+        return _checked_backbone(payload, path)
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         state = encoder_state_from_checkpoint(payload["state_dict"], str(path))
         return {"format": BACKBONE_FORMAT, "architecture": {}, "state_dict": state,

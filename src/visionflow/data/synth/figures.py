@@ -115,17 +115,19 @@ def _person() -> FigureModel:
                 ("right_hip", "right_knee"), ("right_knee", "right_ankle"))
     flip_pairs = tuple((f"left_{n}", f"right_{n}") for n in
                        ("shoulder", "elbow", "wrist", "hip", "knee", "ankle"))
-    shirt, trousers, skin = 0, 1, 2
+    # Arms have their own colour (sleeves): an arm across the torso stays visible, as its
+    # wrist's v = 2 says; in the shirt's colour it would vanish into the torso.
+    shirt, trousers, skin, sleeves = 0, 1, 2, 3
     parts = (
         ("limb", ("left_hip", "left_knee", "left_ankle"), 0.075, trousers),
         ("limb", ("right_hip", "right_knee", "right_ankle"), 0.075, trousers),
         ("polygon", ("left_shoulder", "right_shoulder", "right_hip", "left_hip"), 0.0, shirt),
         ("limb", ("neck", "head"), 0.05, skin),
         ("disk", ("head",), 0.07, skin),
-        ("limb", ("left_shoulder", "left_elbow", "left_wrist"), 0.055, shirt),
-        ("limb", ("right_shoulder", "right_elbow", "right_wrist"), 0.055, shirt),
+        ("limb", ("left_shoulder", "left_elbow", "left_wrist"), 0.055, sleeves),
+        ("limb", ("right_shoulder", "right_elbow", "right_wrist"), 0.055, sleeves),
     )
-    return FigureModel("person", names, skeleton, flip_pairs, "pelvis", bones, parts)
+    return FigureModel("person", names, skeleton, flip_pairs, "pelvis", bones, parts, colour_groups=4)
 
 
 FIGURES: dict[str, FigureModel] = {"person": _person()}

@@ -89,3 +89,11 @@ def write_shapes_coco(out_dir: str | Path, spec: ShapesSceneSpec, splits: Mappin
                   for i, name in enumerate(spec.classes)]
     return write_coco_scenes(out_dir, splits, seed, spec.image_size, categories,
                              lambda rng: render_scene(rng, spec), scene_annotations, progress)
+
+
+def write_shapes_from_params(synth: Any, out_dir: str | Path, progress: bool = True) -> dict[str, dict[str, int]]:
+    """The dataset a family's ``<task>.synth`` params (``config.ShapesSynthParams``) describe."""
+    fields = synth.model_dump()
+    seed, splits = fields.pop("seed"), fields.pop("splits")
+    spec = ShapesSceneSpec(**{**fields, "classes": tuple(fields["classes"])})
+    return write_shapes_coco(out_dir, spec, splits, seed, progress=progress)

@@ -29,13 +29,9 @@ class BoxFamily(TaskFamily):
     with_masks: ClassVar[bool] = False
 
     def synthesize(self, params: "DetectionParams", out_dir: Path, progress: bool = True) -> dict:
-        from visionflow.data.synth.shapes import ShapesSceneSpec
-        from visionflow.data.synth.shapes_coco import write_shapes_coco
+        from visionflow.data.synth.shapes_coco import write_shapes_from_params
 
-        synth = params.synth.model_dump()
-        seed, splits = synth.pop("seed"), synth.pop("splits")
-        spec = ShapesSceneSpec(**{**synth, "classes": tuple(synth["classes"])})
-        return write_shapes_coco(out_dir, spec, splits, seed, progress=progress)
+        return write_shapes_from_params(params.synth, out_dir, progress=progress)
 
     def augment_preview(self, params: "DetectionParams", data_root: Path, preview_png: Path) -> dict:
         """Grid of (image with boxes | augmented image with boxes); checks that masks follow the

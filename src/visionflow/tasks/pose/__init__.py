@@ -110,10 +110,15 @@ class Pose(TaskFamily):
         return ExportedModel(predictor, example, (-1, 3, *module.crop_size),
                              (-1, module.schema.num_keypoints, 3))
 
-    def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device") -> list[Path]:
+    def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device",
+                detector: Any = "project") -> list[Path]:
+        """``detector``: an exported detection model whose boxes are cropped, None (each image is
+        one box), or "project": the project's ``models/detection/best.ckpt`` if there is one."""
         from visionflow.tasks.pose.predict import predict_keypoints, project_detector
 
-        return predict_keypoints(model, inputs, out_dir, device, project_detector(device))
+        if detector == "project":
+            detector = project_detector(device)
+        return predict_keypoints(model, inputs, out_dir, device, detector)
 
 
 def _crop_geometry(module: Any):

@@ -1,8 +1,8 @@
 """Keypoints on user images with an exported pose model (crops in, keypoints out).
 
-Boxes come from the detection family's model when ``models/detection/best.ckpt``
-exists in the project (and the family is installed); otherwise each image is
-one box, the whole image, which suits images of a single object. Writes per
+Boxes come from a detection model: the one given (``visionflow predict --detector``),
+else the project's ``models/detection/best.ckpt`` when it exists; without one each
+image is one box, the whole image, which suits images of a single object. Writes per
 image ``<stem>_keypoints.json`` (COCO keypoint results, image pixels) and
 ``<stem>_overlay.png``.
 """

@@ -24,13 +24,9 @@ class Segmentation(TaskFamily):
     monitor = "val/mIoU"
 
     def synthesize(self, params: "SegmentationParams", out_dir: Path, progress: bool = True) -> dict:
-        from visionflow.data.synth.shapes import ShapesSceneSpec
-        from visionflow.data.synth.shapes_coco import write_shapes_coco
+        from visionflow.data.synth.shapes_coco import write_shapes_from_params
 
-        synth = params.synth.model_dump()
-        seed, splits = synth.pop("seed"), synth.pop("splits")
-        spec = ShapesSceneSpec(**{**synth, "classes": tuple(synth["classes"])})
-        return write_shapes_coco(out_dir, spec, splits, seed, progress=progress)
+        return write_shapes_from_params(params.synth, out_dir, progress=progress)
 
     def augment_preview(self, params: "SegmentationParams", data_root: Path, preview_png: Path) -> dict:
         from visionflow.augment import build_transforms, geometric_mask_agreement
