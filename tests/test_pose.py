@@ -85,6 +85,16 @@ def test_visibility_flags_are_truthful():
     assert min(counts.values()) > 0, counts  # truncation and occlusion both happen
 
 
+
+def test_arms_do_not_share_the_torsos_colour():
+    # A wrist across the torso is labelled visible (v = 2); painted in the torso's colour it
+    # would vanish into it, so arms get their own colour group.
+    person = FIGURES["person"]
+    torso_groups = {group for kind, _, _, group in person.parts if kind == "polygon"}
+    arm_groups = {group for kind, joints, _, group in person.parts if kind == "limb" and "left_wrist" in joints}
+    assert torso_groups and arm_groups and not torso_groups & arm_groups
+    assert max(group for *_, group in person.parts) < person.colour_groups
+
 def test_truncated_points_lie_outside_the_image():
     # Re-render one scene's figure joints without truncation bookkeeping: every keypoint that
     # is v = 0 must be one that the posed figure put outside the image.
