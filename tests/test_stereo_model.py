@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from visionflow.models.stereo import (StereoInference, StereoNet, convex_upsample, group_correlation_volume,
-                                      infer_disparity, soft_argmin, warp_right_to_left)
+from visionflow.models.stereo import (MAX_UPSCALE, MAX_WINDOW_PASSES, StereoInference, StereoNet,
+                                      convex_upsample, group_correlation_volume, infer_disparity,
+                                      soft_argmin, warp_right_to_left, window_offsets)
 from visionflow.models.stereo_losses import (self_supervised_losses, supervised_disparity_loss,
                                              valid_disparity_mask)
 
@@ -70,22 +71,82 @@ class ConstantDisparity(torch.nn.Module):
         return torch.full((pair.shape[0], 1, *pair.shape[-2:]), 10.0)
 
 
-def test_wider_ranges_are_matched_downscaled_and_rescaled():
+class BlockMatcher(torch.nn.Module):
+    """A stand-in model that really matches, over disparities 0 .. max_disparity only (SAD, 5x5, integer)."""
+
+    def __init__(self, max_disparity: int):
+        super().__init__()
+        self.max_disparity = max_disparity
+        self.sizes = []
+
+    def forward(self, pair):
+        self.sizes.append(tuple(pair.shape[-2:]))
+        left, right = pair[:, :3].mean(1, keepdim=True), pair[:, 3:].mean(1, keepdim=True)
+        costs = []
+        for d in range(self.max_disparity + 1):
+            shifted = torch.nn.functional.pad(right[..., : right.shape[-1] - d], (d, 0, 0, 0), mode="replicate")
+            costs.append(torch.nn.functional.avg_pool2d((left - shifted).abs(), 5, 1, 2))
+        return torch.cat(costs, 1).argmin(1, keepdim=True).float()
+
+
+def constant_disparity_pair(disparity: int, height: int = 48, width: int = 200) -> torch.Tensor:
+    """A random smooth texture and the same texture seen ``disparity`` px further left: ``(1, 6, H, W)``."""
+    generator = torch.Generator().manual_seed(0)
+    texture = torch.nn.functional.interpolate(
+        torch.rand(1, 3, height // 2, (width + disparity) // 2, generator=generator),
+        size=(height, width + disparity), mode="bilinear")
+    return torch.cat([texture[..., :width], texture[..., disparity:]], 1)  # right[x - d] == left[x]
+
+
+def test_wider_ranges_are_matched_coarse_then_enlarged_in_shifted_windows():
+    model = BlockMatcher(48)
+    out = infer_disparity(model, constant_disparity_pair(40), trained_max=48, max_disparity=60)
+    # a coarse pass shrunk 60 / 48 x; then 2x enlarged (disparities up to 120 px) in four windows:
+    # the right view shifted by 0, 24, 48 and 72 px
+    assert model.sizes == [(38, 160)] + [(96, 400)] * 4
+    assert out.shape == (1, 1, 48, 200)
+    # 40 px is 80 at 2x: the coarse pass picks the 48-px window (centre 72), which sees 32 px,
+    # inside the model's range: exact. Left pixels x < 40 have no match in the right view.
+    visible = out[..., 2:-2, 44:-2]
+    torch.testing.assert_close(visible, torch.full_like(visible, 40.0))
+
+
+def test_window_offsets_tile_the_range_with_half_overlap():
+    assert window_offsets(48, 48) == [0]
+    assert window_offsets(70, 48) == [0, 24]
+    assert window_offsets(96, 48) == [0, 24, 48]
+    assert window_offsets(97, 48) == [0, 24, 48, 72]
+
+
+def test_very_wide_ranges_are_shrunk_until_the_windows_are_few():
     model = ConstantDisparity()
-    out = infer_disparity(model, torch.rand(1, 6, 40, 80), trained_max=48, max_disparity=96)
-    assert model.sizes == [(20, 40)]  # half size: the range fits the model
-    assert out.shape == (1, 1, 40, 80)
-    torch.testing.assert_close(out, torch.full_like(out, 20.0))  # 10 px at half size = 20 px
+    infer_disparity(model, torch.rand(1, 6, 40, 400), trained_max=16, max_disparity=160)
+    # coarse at 10x smaller; then 160 / (16 * 2.5) = 4x smaller, where 4 windows cover 40 px
+    assert model.sizes[0] == (8, 40)
+    assert model.sizes[1:] == [(10, 100)] * MAX_WINDOW_PASSES
+
+
+def test_narrower_ranges_are_matched_enlarged_at_most_max_upscale():
+    model = ConstantDisparity()
+    out = infer_disparity(model, torch.rand(1, 6, 40, 80), trained_max=48, max_disparity=6)
+    assert model.sizes == [(40 * MAX_UPSCALE, 80 * MAX_UPSCALE)]  # 2x, not 8x: 12 px fits one window
+    torch.testing.assert_close(out, torch.full_like(out, 10.0 / MAX_UPSCALE))
     model.sizes.clear()
-    out = infer_disparity(model, torch.rand(1, 6, 40, 80), trained_max=48, max_disparity=30)
-    assert model.sizes == [(40, 80)] and float(out.mean()) == 10.0
+    out = infer_disparity(model, torch.rand(1, 6, 40, 80), trained_max=48, max_disparity=32)
+    # 2x makes the range 64 px: a coarse pass enlarged 48 / 32 = 1.5x, then windows at 0 and 24 px
+    assert model.sizes == [(60, 120), (80, 160), (80, 160)]
+    # the coarse 10 px (13.3 at 2x) is nearest the first window's centre (24): 10 px at 2x
+    torch.testing.assert_close(out, torch.full_like(out, 10.0 / MAX_UPSCALE))
 
 
 def test_unknown_range_is_probed_then_matched_at_the_right_scale():
     model = ConstantDisparity()  # 10 px at the probe's size
     out = infer_disparity(model, torch.rand(1, 6, 100, 960), trained_max=48)
-    # probe at 960 / (4 * 48) = 5x smaller: 10 px there is 50 px, * 1.15 = 57.5 > 48 -> 1.2x smaller
-    assert model.sizes[0] == (20, 192) and model.sizes[1] == (83, 801)  # 960 / (57.5 / 48) = 801.4
+    # probe at 960 / (4 * 48) = 5x smaller: 10 px there is 50 px, * 1.15 = 57.5 px; the coarse
+    # pass fits that to the model (1.2x smaller: 960 / (57.5 / 48) = 801.4)
+    assert model.sizes[0] == (20, 192) and model.sizes[1] == (83, 801)
+    # then 2x enlarged, where 115 px need four windows
+    assert model.sizes[2:] == [(200, 1920)] * MAX_WINDOW_PASSES
     assert out.shape == (1, 1, 100, 960)
 
 

@@ -24,6 +24,8 @@ Disparity is in pixels of the input's resolution, ``x_right = x_left - d``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -288,6 +290,43 @@ class StereoInference(nn.Module):
 
 
 PROBE_WIDTH_PER_DISPARITY = 4.0  # a probe assumes disparities below a quarter of the image width
+MAX_UPSCALE = 2.0  # pairs are matched enlarged up to this much (4x the pixels per pass)
+MAX_WINDOW_PASSES = 4  # disparity windows per pair before the pair is matched smaller
+
+
+def _resized(pair: torch.Tensor, scale: float) -> torch.Tensor:
+    """``pair`` resized by ``1 / scale`` (antialiased when shrinking, bicubic when enlarging)."""
+    h, w = pair.shape[-2:]
+    if scale == 1.0:
+        return pair
+    size = (max(8, round(h / scale)), max(8, round(w / scale)))
+    if scale > 1.0:
+        return F.interpolate(pair, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(pair, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def _to_input_size(disparity: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A disparity map matched at another size, resized to ``size`` with its values rescaled."""
+    if tuple(disparity.shape[-2:]) == tuple(size):
+        return disparity
+    factor = size[1] / disparity.shape[-1]
+    return F.interpolate(disparity * factor, size=size, mode="bilinear", align_corners=False,
+                         antialias=factor < 1.0)
+
+
+def _shift_right_view(pair: torch.Tensor, offset: int) -> torch.Tensor:
+    """The right image moved ``offset`` px right (edge replicated): disparities drop by ``offset``."""
+    if offset == 0:
+        return pair
+    right = F.pad(pair[:, 3:, :, : pair.shape[-1] - offset], (offset, 0, 0, 0), mode="replicate")
+    return torch.cat([pair[:, :3], right], 1)
+
+
+def window_offsets(max_disparity: float, trained_max: float) -> list[int]:
+    """Right-view shifts that tile ``[0, max_disparity]`` with windows of the model's range, half overlapping."""
+    step = trained_max / 2
+    count = max(0, math.ceil((max_disparity - trained_max) / step)) + 1
+    return [round(k * step) for k in range(count)]
 
 
 @torch.no_grad()
@@ -295,29 +334,43 @@ def infer_disparity(model: nn.Module, pair: torch.Tensor, trained_max: float,
                     max_disparity: float | None = None) -> torch.Tensor:
     """Disparity ``(N, 1, H, W)`` (px of the input) for pairs ``(N, 6, H, W)`` of any size and range.
 
-    model: maps ``(N, 6, h, w) -> (N, 1, h, w)`` (:class:`StereoInference` or its exported copy);
-    trained_max: the disparity range it was trained for. When the pair's range
-    ``max_disparity`` exceeds it, both images are downscaled by ``s = max_disparity /
-    trained_max``, matched, and the result upscaled with its disparities multiplied by ``s``.
-    With ``max_disparity=None`` the range is probed: a first pass at a scale where the range
-    would fit if it were below a quarter of the image width estimates the 99.5th percentile
-    disparity (plus 15 %); the pair is matched again only if that needs another scale.
+    model: maps ``(N, 6, h, w) -> (N, 1, h, w)`` (:class:`StereoInference` or its exported copy)
+    and sees disparities ``0 .. trained_max``. Its errors are roughly constant in its own
+    pixels, so the pair is matched as large as the cost allows: enlarged up to
+    :data:`MAX_UPSCALE`, and shrunk only when its range ``max_disparity`` would need more than
+    :data:`MAX_WINDOW_PASSES` disparity windows at that size.
+
+    Windows: the right image shifted ``o`` px right makes disparities ``o .. o + trained_max``
+    visible to the model; windows half overlap and tile the range. When one window is not
+    enough, a coarse pass, resized until the range just fits the model, picks for every
+    pixel the window whose centre is nearest its estimate (the model is least accurate near
+    the ends of its range).
+
+    The result is resized back with its disparities rescaled. With ``max_disparity=None`` the
+    range is probed: a first pass at a scale where the range would fit if it were below a
+    quarter of the image width estimates the 99.5th percentile disparity (plus 15 %).
     """
-    h, w = pair.shape[-2:]
-
-    def at_scale(scale: float) -> torch.Tensor:
-        if scale <= 1.0:
-            return model(pair)
-        size = (max(8, round(h / scale)), max(8, round(w / scale)))
-        small = F.interpolate(pair, size=size, mode="bilinear", align_corners=False, antialias=True)
-        disparity = model(small) * (w / size[1])
-        return F.interpolate(disparity, size=(h, w), mode="bilinear", align_corners=False)
-
+    size = tuple(pair.shape[-2:])
     if max_disparity is None:
-        probe_scale = max(1.0, w / (PROBE_WIDTH_PER_DISPARITY * trained_max))
-        probe = at_scale(probe_scale)
+        probe_scale = max(1.0, size[1] / (PROBE_WIDTH_PER_DISPARITY * trained_max))
+        probe = _to_input_size(model(_resized(pair, probe_scale)), size)
         sample = probe.flatten()[:: max(1, probe.numel() // 100_000)]
         max_disparity = float(torch.quantile(sample, 0.995)) * 1.15
-        if max(1.0, max_disparity / trained_max) == probe_scale:
-            return probe
-    return at_scale(max(1.0, max_disparity / trained_max))
+    widest = trained_max * (1 + (MAX_WINDOW_PASSES - 1) / 2)  # what MAX_WINDOW_PASSES windows cover
+    scale = max(1.0 / MAX_UPSCALE, max_disparity / widest)  # input px per matched px
+    detail_pair = _resized(pair, scale)
+    offsets = window_offsets(max_disparity / scale, trained_max)
+    if len(offsets) == 1:
+        return _to_input_size(model(detail_pair), size)
+
+    detail_size = tuple(detail_pair.shape[-2:])
+    coarse = _to_input_size(model(_resized(pair, max_disparity / trained_max)), detail_size)
+    nearest = torch.full_like(coarse, float("inf"))
+    result = torch.zeros_like(coarse)
+    for offset in offsets:
+        estimate = model(_shift_right_view(detail_pair, offset)) + offset
+        distance = (coarse - (offset + trained_max / 2)).abs()
+        nearer = distance < nearest
+        result = torch.where(nearer, estimate, result)
+        nearest = torch.where(nearer, distance, nearest)
+    return _to_input_size(result, size)
