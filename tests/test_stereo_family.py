@@ -14,7 +14,7 @@ from visionflow.data.disparity import read_pfm
 from visionflow.data.images import read_rgb, write_png
 from visionflow.paths import TaskPaths
 from visionflow.tasks import get_task
-from visionflow.tasks.stereo.data import StereoAugmenter
+from visionflow.tasks.stereo.data import StereoAugmenter, resize_disparity
 
 
 def stereo_params(**overrides):
@@ -56,6 +56,32 @@ def test_augment_check_passes_and_catches_a_broken_geometry(tiny_synthetic, tmp_
     monkeypatch.setattr(StereoAugmenter, "geometry", mirrored)
     with pytest.raises(ValueError, match="stereo.augment: after the augmentation's geometry"):
         family.augment_preview(params, data_root, tmp_path / "augment.png")
+
+
+def test_resized_disparity_is_exact_on_planes_and_invents_nothing_at_edges():
+    y, x = np.mgrid[0:20, 0:30].astype(np.float32)
+    plane = 0.2 * x + 0.1 * y + 5
+    resized = resize_disparity(plane, (45, 30))  # 1.5x
+    y2, x2 = np.mgrid[0:30, 0:45].astype(np.float32)
+    xs, ys = (x2 + 0.5) / 1.5 - 0.5, (y2 + 0.5) / 1.5 - 0.5  # source coordinates of the new pixel centres
+    expected = 1.5 * (0.2 * xs + 0.1 * ys + 5)
+    np.testing.assert_allclose(resized[2:-2, 2:-2], expected[2:-2, 2:-2], atol=1e-3)
+
+    step = np.where(x < 15, 10.0, 30.0).astype(np.float32)
+    step[0, 0] = np.inf
+    resized = resize_disparity(step, (60, 40))  # 2x: only 20, 60 and the invalid pixel remain
+    assert set(np.unique(resized[np.isfinite(resized)])) == {20.0, 60.0}
+    assert np.isinf(resized[0, 0]) and not np.isnan(resized).any()
+
+
+def test_scale_augmentation_scales_disparities_with_the_images():
+    params = stereo_params(augment={"scale": [2.0, 2.0], "crop": [16, 32], "vertical_flip": 0.0})
+    augmenter = StereoAugmenter(params.augment, seed=0)
+    image = np.zeros((20, 40, 3), np.uint8)
+    left, right, disparity = augmenter.geometry(image, image, np.full((20, 40), 7.0, np.float32), (16, 32))
+    assert left.shape == (16, 32, 3) and np.all(disparity == 14.0)
+    with pytest.raises(ConfigError, match=r"stereo.augment.scale: .*0 < min <= max"):
+        stereo_params(augment={"scale": [2.0, 1.0]})
 
 
 def make_unlabelled_real(folder: Path, count: int = 3) -> None:

@@ -548,10 +548,11 @@ class StereoAugmentParams(Strict):
     draw for both. Both accept albumentations image-only (pixel-level) transforms
     only: a geometric transform of one view would move pixels off their epipolar
     line or change disparities. Geometry is done here, on both views and the
-    disparity together: a random crop, a vertical flip, and an occluding patch
-    pasted into the right image.
+    disparity together: a random rescaling (disparities scale with it), a random
+    crop, a vertical flip, and an occluding patch pasted into the right image.
     """
 
+    scale: tuple[float, float] = (1.0, 1.0)  # (min, max) factor, drawn log-uniform; 1: off
     crop: tuple[int, int] = (64, 128)  # (height, width), multiples of 8
     vertical_flip: float = Field(0.5, ge=0, le=1)
     occlusion_patch: float = Field(0.2, ge=0, le=1)  # chance of a patch hiding part of the right view
@@ -565,9 +566,16 @@ class StereoAugmentParams(Strict):
             raise ValueError(f"crop sides must be multiples of 8 and >= 16, got {list(crop)}")
         return crop
 
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"scale must be [min, max] with 0 < min <= max, got {list(scale)}")
+        return scale
+
 
 class StereoModelParams(Strict):
-    max_disparity: int = Field(48, ge=8)  # cost volume range in px; wider ranges are downscaled at inference
+    max_disparity: int = Field(48, ge=8)  # cost volume range in px; wider ranges are matched in shifted windows
     channels: tuple[int, int, int] = (16, 24, 32)  # feature channels at 1, 1/2, 1/4 resolution
     groups: int = Field(8, ge=1)  # group-wise correlation groups (divide channels[2])
     aggregation_channels: int = Field(16, ge=1)

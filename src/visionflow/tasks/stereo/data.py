@@ -59,8 +59,37 @@ def _image_only(specs: list[TransformSpec], key_path: str):
     return build_transforms(specs, key_path)
 
 
+PLANAR_CURVATURE_PX = 0.05  # |second difference| of disparity above this: a depth edge, not a plane
+
+
+def resize_disparity(disparity: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Disparity ``(H, W)`` (px, non-finite invalid) resized to ``size = (width, height)``.
+
+    Values are multiplied by ``width / W``. Bilinear where the 2x2 source pixels lie on
+    one plane (disparity is affine there, so bilinear is exact), nearest next to depth
+    edges and invalid pixels, so no disparity between two surfaces is invented.
+    """
+    finite = np.isfinite(disparity)
+    filled = np.where(finite, disparity, 0).astype(np.float32)
+    curvature = np.zeros_like(filled)
+    curvature[:, 1:-1] = np.abs(filled[:, 2:] - 2 * filled[:, 1:-1] + filled[:, :-2])
+    curvature[1:-1] = np.maximum(curvature[1:-1], np.abs(filled[2:] - 2 * filled[1:-1] + filled[:-2]))
+    edge = ((curvature > PLANAR_CURVATURE_PX) | ~finite).astype(np.uint8)
+    planar = cv2.dilate(edge, np.ones((3, 3), np.uint8)) == 0
+    linear = cv2.resize(filled, size, interpolation=cv2.INTER_LINEAR)
+    nearest = cv2.resize(disparity.astype(np.float32), size, interpolation=cv2.INTER_NEAREST)
+    use_linear = cv2.resize(planar.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    return np.where(use_linear, linear, nearest) * np.float32(size[0] / disparity.shape[1])
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` to ``size = (width, height)``: area-averaged when shrinking, bilinear when enlarging."""
+    shrink = size[0] < image.shape[1]
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
 class StereoAugmenter:
-    """Crop, vertical flip and an occluding patch on both views + disparity; photometric per view.
+    """Rescale, crop, vertical flip and an occluding patch on both views + disparity; photometric per view.
 
     Inputs and outputs: uint8 ``(H, W, 3)`` left/right and float32 ``(H, W)`` disparity.
     """
@@ -88,11 +117,18 @@ class StereoAugmenter:
 
     def geometry(self, left: np.ndarray, right: np.ndarray, disparity: np.ndarray | None,
                  crop: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        rng, (height, width) = self.rng, left.shape[:2]
+        rng = self.rng
+        low, high = self.params.scale
+        factor = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if low < high else low
+        if factor != 1.0:  # the scene seen by a camera with a longer focal length: disparities scale too
+            size = (round(left.shape[1] * factor), round(left.shape[0] * factor))
+            left, right = resize_image(left, size), resize_image(right, size)
+            disparity = resize_disparity(disparity, size) if disparity is not None else None
+        height, width = left.shape[:2]
         ch, cw = crop
         if height < ch or width < cw:
-            raise ValueError(f"image {width}x{height} is smaller than the crop {cw}x{ch} "
-                             f"(stereo.augment.crop)")
+            raise ValueError(f"image {width}x{height} (rescaled by {factor:.2f}) is smaller than the crop "
+                             f"{cw}x{ch} (stereo.augment.crop, stereo.augment.scale)")
         y0, x0 = int(rng.integers(0, height - ch + 1)), int(rng.integers(0, width - cw + 1))
         window = (slice(y0, y0 + ch), slice(x0, x0 + cw))
         left, right = left[window], right[window]
