@@ -7,8 +7,8 @@ split, and on a REAL rectified pair the model has never seen: Middlebury 2014
 "Motorcycle" (quarter size, 741x500, disparities 7-60 px, ndisp 70), which ships with
 scikit-image (``skimage.data.stereo_motorcycle``, no download). It is written as a
 Middlebury-layout dataset and read back through the same reader as acquired data, at
-full (quarter) size, where its range exceeds the model's and inference downscales,
-and at half that size. Prints EPE, bad-1/2/4 %, D1 and seconds per pair.
+full (quarter) size, where its range exceeds the model's and inference matches it in
+disparity windows, and at half that size. Prints EPE, bad-1/2/4 %, D1 and seconds per pair.
 """
 
 from __future__ import annotations
