@@ -102,8 +102,8 @@ def test_wider_ranges_are_matched_coarse_then_enlarged_in_shifted_windows():
     model = BlockMatcher(48)
     out = infer_disparity(model, constant_disparity_pair(40), trained_max=48, max_disparity=60)
     # a coarse pass shrunk 60 / 48 x; then 2x enlarged (disparities up to 120 px) in four windows:
-    # the right view shifted by 0, 24, 48 and 72 px
-    assert model.sizes == [(38, 160)] + [(96, 400)] * 4
+    # the right view shifted by 0, 24, 48 and 72 px; then at its own size in two (0 and 24 px)
+    assert model.sizes == [(38, 160)] + [(96, 400)] * 4 + [(48, 200)] * 2
     assert out.shape == (1, 1, 48, 200)
     # 40 px is 80 at 2x: the coarse pass picks the 48-px window (centre 72), which sees 32 px,
     # inside the model's range: exact. Left pixels x < 40 have no match in the right view.
@@ -122,6 +122,7 @@ def test_very_wide_ranges_are_shrunk_until_the_windows_are_few():
     model = ConstantDisparity()
     infer_disparity(model, torch.rand(1, 6, 40, 400), trained_max=16, max_disparity=160)
     # coarse at 10x smaller; then 160 / (16 * 2.5) = 4x smaller, where 4 windows cover 40 px
+    # (too wide a range to enlarge: no pass at the pair's own size either)
     assert model.sizes[0] == (8, 40)
     assert model.sizes[1:] == [(10, 100)] * MAX_WINDOW_PASSES
 
@@ -133,10 +134,34 @@ def test_narrower_ranges_are_matched_enlarged_at_most_max_upscale():
     torch.testing.assert_close(out, torch.full_like(out, 10.0 / MAX_UPSCALE))
     model.sizes.clear()
     out = infer_disparity(model, torch.rand(1, 6, 40, 80), trained_max=48, max_disparity=32)
-    # 2x makes the range 64 px: a coarse pass enlarged 48 / 32 = 1.5x, then windows at 0 and 24 px
-    assert model.sizes == [(60, 120), (80, 160), (80, 160)]
-    # the coarse 10 px (13.3 at 2x) is nearest the first window's centre (24): 10 px at 2x
+    # 2x makes the range 64 px: a coarse pass enlarged 48 / 32 = 1.5x, windows at 0 and 24 px at
+    # 2x, and one pass at the pair's own size
+    assert model.sizes == [(60, 120), (80, 160), (80, 160), (40, 80)]
+    # the coarse 10 px (13.3 at 2x) is nearest the first window's centre (24): 10 px at 2x, that
+    # is 5 input px; the median of 6.7 (coarse), 10 (own size) and 5 is 6.7, within 2 px of 5
     torch.testing.assert_close(out, torch.full_like(out, 10.0 / MAX_UPSCALE))
+
+
+class ScaleDependentDisparity(torch.nn.Module):
+    """Answers ``answers[width]`` matched px for an input ``width`` px wide."""
+
+    def __init__(self, answers: dict[int, float]):
+        super().__init__()
+        self.answers = answers
+
+    def forward(self, pair):
+        return torch.full((pair.shape[0], 1, *pair.shape[-2:]), self.answers[pair.shape[-1]])
+
+
+@pytest.mark.parametrize("enlarged, expected", [(8.0, 4.0),     # 4 input px: within 2 px of the median (5)
+                                                (40.0, 6.0),    # 20 input px: outvoted, the median (6) wins
+                                                (2.0, 5.0)])    # 1 input px: outvoted by the median (5)
+def test_the_enlarged_estimate_is_kept_only_where_it_agrees_with_the_other_scales(enlarged, expected):
+    # a 40x80 pair, range 32: coarse at 1.5x (120 px wide) says 7.5 matched px = 5 input px,
+    # the pair's own size (80 px) says 6, the 2x pass (160 px) says ``enlarged`` matched px
+    model = ScaleDependentDisparity({120: 7.5, 80: 6.0, 160: enlarged})
+    out = infer_disparity(model, torch.rand(1, 6, 40, 80), trained_max=48, max_disparity=32)
+    torch.testing.assert_close(out, torch.full_like(out, expected))
 
 
 def test_unknown_range_is_probed_then_matched_at_the_right_scale():
@@ -145,8 +170,8 @@ def test_unknown_range_is_probed_then_matched_at_the_right_scale():
     # probe at 960 / (4 * 48) = 5x smaller: 10 px there is 50 px, * 1.15 = 57.5 px; the coarse
     # pass fits that to the model (1.2x smaller: 960 / (57.5 / 48) = 801.4)
     assert model.sizes[0] == (20, 192) and model.sizes[1] == (83, 801)
-    # then 2x enlarged, where 115 px need four windows
-    assert model.sizes[2:] == [(200, 1920)] * MAX_WINDOW_PASSES
+    # then 2x enlarged, where 115 px need four windows; then at its own size in two
+    assert model.sizes[2:] == [(200, 1920)] * MAX_WINDOW_PASSES + [(100, 960)] * 2
     assert out.shape == (1, 1, 100, 960)
 
 

@@ -292,6 +292,7 @@ class StereoInference(nn.Module):
 PROBE_WIDTH_PER_DISPARITY = 4.0  # a probe assumes disparities below a quarter of the image width
 MAX_UPSCALE = 2.0  # pairs are matched enlarged up to this much (4x the pixels per pass)
 MAX_WINDOW_PASSES = 4  # disparity windows per pair before the pair is matched smaller
+AGREEMENT_PX = 2.0  # the enlarged estimate is kept where it lies this close (input px) to the consensus
 
 
 def _resized(pair: torch.Tensor, scale: float) -> torch.Tensor:
@@ -329,26 +330,54 @@ def window_offsets(max_disparity: float, trained_max: float) -> list[int]:
     return [round(k * step) for k in range(count)]
 
 
+def _match_in_windows(model: nn.Module, pair: torch.Tensor, scale: float, trained_max: float,
+                      max_disparity: float, guide: torch.Tensor) -> torch.Tensor:
+    """Disparity ``(N, 1, H, W)`` in input px, matched at ``1 / scale`` of the input's size.
+
+    The right view shifted ``o`` px right shows the model disparities ``o .. o + trained_max``;
+    every pixel takes the window whose centre is nearest ``guide`` (input px, input size).
+    """
+    size = tuple(pair.shape[-2:])
+    scaled = _resized(pair, scale)
+    offsets = window_offsets(max_disparity / scale, trained_max)
+    if len(offsets) == 1:
+        return _to_input_size(model(scaled), size)
+    guide = _to_input_size(guide, tuple(scaled.shape[-2:]))
+    nearest = torch.full_like(guide, float("inf"))
+    result = torch.zeros_like(guide)
+    for offset in offsets:
+        estimate = model(_shift_right_view(scaled, offset)) + offset
+        distance = (guide - (offset + trained_max / 2)).abs()
+        nearer = distance < nearest
+        result = torch.where(nearer, estimate, result)
+        nearest = torch.where(nearer, distance, nearest)
+    return _to_input_size(result, size)
+
+
 @torch.no_grad()
 def infer_disparity(model: nn.Module, pair: torch.Tensor, trained_max: float,
                     max_disparity: float | None = None) -> torch.Tensor:
     """Disparity ``(N, 1, H, W)`` (px of the input) for pairs ``(N, 6, H, W)`` of any size and range.
 
     model: maps ``(N, 6, h, w) -> (N, 1, h, w)`` (:class:`StereoInference` or its exported copy)
-    and sees disparities ``0 .. trained_max``. Its errors are roughly constant in its own
-    pixels, so the pair is matched as large as the cost allows: enlarged up to
-    :data:`MAX_UPSCALE`, and shrunk only when its range ``max_disparity`` would need more than
-    :data:`MAX_WINDOW_PASSES` disparity windows at that size.
+    and sees disparities ``0 .. trained_max``. Three estimates at three scales:
 
-    Windows: the right image shifted ``o`` px right makes disparities ``o .. o + trained_max``
-    visible to the model; windows half overlap and tile the range. When one window is not
-    enough, a coarse pass, resized until the range just fits the model, picks for every
-    pixel the window whose centre is nearest its estimate (the model is least accurate near
-    the ends of its range).
+    - *coarse*: the pair resized until its range ``max_disparity`` just fits the model (one
+      pass; enlarged at most :data:`MAX_UPSCALE`, and then it is also the enlarged estimate);
+    - *native*: at the pair's own size;
+    - *enlarged*: up to :data:`MAX_UPSCALE` larger. The model's errors are roughly constant in
+      its own pixels, so this one is the most precise; but the model sees less context per
+      pixel, and on weakly textured or periodic surfaces it errs more often by whole pixels.
 
-    The result is resized back with its disparities rescaled. With ``max_disparity=None`` the
-    range is probed: a first pass at a scale where the range would fit if it were below a
-    quarter of the image width estimates the 99.5th percentile disparity (plus 15 %).
+    A range wider than the model's is matched in half-overlapping windows (the coarse estimate
+    picks each pixel's window); a pair whose range needs more than :data:`MAX_WINDOW_PASSES`
+    windows is shrunk (native and enlarged then coincide). The result is the enlarged estimate
+    wherever it lies within :data:`AGREEMENT_PX` of the per-pixel median of the three, else
+    that median: precision where the scales agree, the majority where they do not.
+
+    With ``max_disparity=None`` the range is probed: a first pass at a scale where the range
+    would fit if it were below a quarter of the image width estimates the 99.5th percentile
+    disparity (plus 15 %).
     """
     size = tuple(pair.shape[-2:])
     if max_disparity is None:
@@ -357,20 +386,16 @@ def infer_disparity(model: nn.Module, pair: torch.Tensor, trained_max: float,
         sample = probe.flatten()[:: max(1, probe.numel() // 100_000)]
         max_disparity = float(torch.quantile(sample, 0.995)) * 1.15
     widest = trained_max * (1 + (MAX_WINDOW_PASSES - 1) / 2)  # what MAX_WINDOW_PASSES windows cover
-    scale = max(1.0 / MAX_UPSCALE, max_disparity / widest)  # input px per matched px
-    detail_pair = _resized(pair, scale)
-    offsets = window_offsets(max_disparity / scale, trained_max)
-    if len(offsets) == 1:
-        return _to_input_size(model(detail_pair), size)
-
-    detail_size = tuple(detail_pair.shape[-2:])
-    coarse = _to_input_size(model(_resized(pair, max_disparity / trained_max)), detail_size)
-    nearest = torch.full_like(coarse, float("inf"))
-    result = torch.zeros_like(coarse)
-    for offset in offsets:
-        estimate = model(_shift_right_view(detail_pair, offset)) + offset
-        distance = (coarse - (offset + trained_max / 2)).abs()
-        nearer = distance < nearest
-        result = torch.where(nearer, estimate, result)
-        nearest = torch.where(nearer, distance, nearest)
-    return _to_input_size(result, size)
+    coarse_scale = max(1.0 / MAX_UPSCALE, max_disparity / trained_max)  # input px per matched px
+    native_scale = max(1.0, max_disparity / widest)
+    enlarged_scale = max(1.0 / MAX_UPSCALE, max_disparity / widest)
+    coarse = _to_input_size(model(_resized(pair, coarse_scale)), size)
+    if enlarged_scale == coarse_scale:  # a narrow range: one pass, as enlarged as allowed
+        return coarse
+    enlarged = _match_in_windows(model, pair, enlarged_scale, trained_max, max_disparity, coarse)
+    if enlarged_scale == native_scale:  # a range too wide to enlarge
+        return enlarged
+    native = coarse if native_scale == coarse_scale else \
+        _match_in_windows(model, pair, native_scale, trained_max, max_disparity, coarse)
+    consensus = torch.stack([coarse, native, enlarged]).median(0).values
+    return torch.where((enlarged - consensus).abs() <= AGREEMENT_PX, enlarged, consensus)
