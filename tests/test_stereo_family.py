@@ -58,6 +58,18 @@ def test_augment_check_passes_and_catches_a_broken_geometry(tiny_synthetic, tmp_
         family.augment_preview(params, data_root, tmp_path / "augment.png")
 
 
+def test_augment_check_is_the_same_in_every_process(tiny_synthetic, tmp_path):
+    from visionflow.tasks.stereo.augment_check import preview_and_check
+
+    params, data_root = stereo_params(), TaskPaths("stereo", tiny_synthetic).synthetic
+    checks = []
+    for process_seed in (1, 2):  # a new process starts from a random torch seed
+        torch.manual_seed(process_seed)
+        checks.append(preview_and_check(params, data_root, tmp_path / f"augment{process_seed}.png"))
+    assert checks[0] == checks[1]
+    assert read_rgb(tmp_path / "augment1.png").tobytes() == read_rgb(tmp_path / "augment2.png").tobytes()
+
+
 def test_resized_disparity_is_exact_on_planes_and_invents_nothing_at_edges():
     y, x = np.mgrid[0:20, 0:30].astype(np.float32)
     plane = 0.2 * x + 0.1 * y + 5
@@ -133,3 +145,48 @@ def test_predict_writes_a_pfm_and_a_colour_map(tiny_synthetic, tmp_path):
     assert disparity.shape == read_rgb(scene / "im0.png").shape[:2] and np.isfinite(disparity).all()
     with pytest.raises(Exception, match="LEFT RIGHT image pairs"):
         family.predict(exported.module, [scene / "im0.png"], tmp_path, torch.device("cpu"))
+
+
+class _RecordingStub(torch.nn.Module):
+    """A stand-in network: disparity = 10 x the left red channel, per pixel; records batch sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes: list[int] = []
+
+    def forward(self, pair: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(len(pair))
+        return pair[:, :1] * 10
+
+
+def test_evaluation_batches_only_pairs_of_one_size_and_range(tmp_path):
+    from visionflow.data.disparity import write_pfm
+    from visionflow.data.synth.stereo import write_calib
+    from visionflow.tasks.base import EvalOutputs
+    from visionflow.tasks.stereo.evaluate import evaluate_split
+
+    rng = np.random.default_rng(0)
+    shapes_and_ranges = [((32, 48), 16), ((32, 48), 16), ((32, 48), 16), ((40, 48), 16), ((32, 48), 24)]
+    for i, ((h, w), ndisp) in enumerate(shapes_and_ranges):
+        scene = tmp_path / "data" / "test" / f"{i:02d}"
+        scene.mkdir(parents=True)
+        write_png(scene / "im0.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        write_png(scene / "im1.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        write_pfm(scene / "disp0.pfm", rng.uniform(0, ndisp, (h, w)).astype(np.float32))
+        write_calib(scene / "calib.txt", w, h, ndisp, 0.0, float(ndisp))
+
+    def evaluate(batch_size: int) -> tuple[dict, str, list[int]]:
+        params = stereo_params(evaluate={"batch_size": batch_size})
+        out = EvalOutputs(tmp_path / f"plots{batch_size}", tmp_path / f"reports{batch_size}")
+        out.plots_dir.mkdir()
+        out.reports_dir.mkdir()
+        model = _RecordingStub()
+        result = evaluate_split(model, 16.0, tmp_path / "data", "test", "k", params, out, torch.device("cpu"))
+        return result, (out.plots_dir / "k_pairs.csv").read_text(), sorted(set(model.batch_sizes))
+
+    one, one_pairs, one_sizes = evaluate(1)
+    batched, batched_pairs, batched_sizes = evaluate(2)
+    assert one_sizes == [1]
+    assert batched_sizes == [1, 2]  # the first two pairs together; the rest differ in size or range
+    assert batched_pairs == one_pairs  # every pair keeps its own prediction
+    assert batched["net"]["all"] == one["net"]["all"] and batched["pairs"] == 5

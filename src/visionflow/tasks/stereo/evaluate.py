@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from visionflow.config import SgbmParams, StereoParams
 from visionflow.data.batching import image_to_tensor
-from visionflow.data.stereo import StereoPair, find_pairs, read_pair
+from visionflow.data.stereo import StereoPair, StereoRecord, find_pairs, read_pair
 from visionflow.metrics.stereo import DisparityScore, bad_rate_curve, disparity_errors
 from visionflow.models.stereo import StereoInference, infer_disparity
 from visionflow.tasks.base import EvalOutputs
@@ -95,6 +96,25 @@ def pair_tensor(left: np.ndarray, right: np.ndarray) -> torch.Tensor:
     return torch.cat([image_to_tensor(left), image_to_tensor(right)], 0)[None]
 
 
+def batches_of_alike_pairs(records: list[StereoRecord], batch_size: int
+                           ) -> Iterator[list[tuple[StereoRecord, StereoPair]]]:
+    """Consecutive pairs read in groups of at most ``batch_size`` sharing one image size and search range.
+
+    The network then matches each group in one batch (on a CPU, 96x160 pairs take about a
+    third of the time per pair in batches of 4 as one at a time).
+    """
+    batch: list[tuple[StereoRecord, StereoPair]] = []
+    for record in records:
+        pair = read_pair(record)
+        if batch and (len(batch) == batch_size or pair.left.shape != batch[0][1].left.shape
+                      or pair_range(pair) != pair_range(batch[0][1])):
+            yield batch
+            batch = []
+        batch.append((record, pair))
+    if batch:
+        yield batch
+
+
 def _finite_or_none(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
@@ -113,34 +133,37 @@ def evaluate_split(model: torch.nn.Module, trained_max: float, root: Path, split
     seconds = {m: 0.0 for m in METHODS}
     densities, per_pair, rows = [], [], []
     has_noc = True
-    for record in tqdm(records, desc=f"evaluate stereo {key}", unit="pair"):
-        pair = read_pair(record)
-        search = pair_range(pair)
+    progress = tqdm(total=len(records), desc=f"evaluate stereo {key}", unit="pair")
+    for batch in batches_of_alike_pairs(records, params.evaluate.batch_size):
+        search = pair_range(batch[0][1])
         started = time.perf_counter()
-        pair_input = pair_tensor(pair.left, pair.right).to(device)
-        net = infer_disparity(model, pair_input, trained_max, search)[0, 0].cpu().numpy()
+        inputs = torch.cat([pair_tensor(pair.left, pair.right) for _, pair in batch]).to(device)
+        predictions = infer_disparity(model, inputs, trained_max, search)[:, 0].cpu().numpy()
         seconds["net"] += time.perf_counter() - started
-        started = time.perf_counter()
-        sgbm_raw = sgbm_disparity(pair.left, pair.right, search, params.evaluate.sgbm)
-        sgbm = fill_invalid_disparity(sgbm_raw) if params.evaluate.sgbm.fill_invalid else \
-            np.where(np.isfinite(sgbm_raw), sgbm_raw, 0.0)
-        seconds["sgbm"] += time.perf_counter() - started
-        densities.append(float(np.isfinite(sgbm_raw).mean()))
-        has_noc &= pair.nonoccluded is not None
-        row = {"pair": record.name}
-        for method, prediction in (("net", net), ("sgbm", sgbm)):
-            scores[method]["all"].add(prediction, pair.disparity)
-            if pair.nonoccluded is not None:
-                scores[method]["noc"].add(prediction, pair.disparity, pair.nonoccluded)
-            error, _ = disparity_errors(prediction, pair.disparity)
-            errors[method].append(error[:: max(1, error.size // 20000)].astype(np.float32))
-            row[f"{method}_epe"] = round(float(error.mean()), 4) if error.size else ""
-        per_pair.append(row)
-        if len(rows) < params.evaluate.overlays:
-            top = max(search, 1.0)
-            rows.append([pair.left, pair.right, disparity_colour(pair.disparity, top),
-                         disparity_colour(net, top), error_colour(net, pair.disparity, pair.nonoccluded),
-                         disparity_colour(sgbm, top), error_colour(sgbm, pair.disparity, pair.nonoccluded)])
+        progress.update(len(batch))
+        for (record, pair), net in zip(batch, predictions):
+            started = time.perf_counter()
+            sgbm_raw = sgbm_disparity(pair.left, pair.right, search, params.evaluate.sgbm)
+            sgbm = fill_invalid_disparity(sgbm_raw) if params.evaluate.sgbm.fill_invalid else \
+                np.where(np.isfinite(sgbm_raw), sgbm_raw, 0.0)
+            seconds["sgbm"] += time.perf_counter() - started
+            densities.append(float(np.isfinite(sgbm_raw).mean()))
+            has_noc &= pair.nonoccluded is not None
+            row = {"pair": record.name}
+            for method, prediction in (("net", net), ("sgbm", sgbm)):
+                scores[method]["all"].add(prediction, pair.disparity)
+                if pair.nonoccluded is not None:
+                    scores[method]["noc"].add(prediction, pair.disparity, pair.nonoccluded)
+                error, _ = disparity_errors(prediction, pair.disparity)
+                errors[method].append(error[:: max(1, error.size // 20000)].astype(np.float32))
+                row[f"{method}_epe"] = round(float(error.mean()), 4) if error.size else ""
+            per_pair.append(row)
+            if len(rows) < params.evaluate.overlays:
+                top = max(search, 1.0)
+                rows.append([pair.left, pair.right, disparity_colour(pair.disparity, top),
+                             disparity_colour(net, top), error_colour(net, pair.disparity, pair.nonoccluded),
+                             disparity_colour(sgbm, top), error_colour(sgbm, pair.disparity, pair.nonoccluded)])
+    progress.close()
 
     slug = key.replace("/", "_")
     if rows:  # columns: left | right | truth | network | its errors | SGBM | its errors
