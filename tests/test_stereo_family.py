@@ -125,6 +125,27 @@ def test_self_supervised_phase_adds_photometric_terms(tiny_synthetic):
     assert set(losses) == {"supervised", "loss"}
 
 
+def test_real_pairs_are_decoded_once_however_often_they_are_drawn(tiny_synthetic, monkeypatch):
+    import visionflow.tasks.stereo.data as stereo_data
+
+    make_unlabelled_real(tiny_synthetic / "data" / "raw" / "yard" / "training", count=2)
+    params = stereo_params(train={"self_supervised": {"source": "yard", "start_epoch": 0}})
+    datamodule = get_task("stereo").datamodule(params, TaskPaths("stereo", tiny_synthetic).synthetic,
+                                               TrainerParams())
+    dataset = datamodule.train_dataloader().dataset
+    real_reads, original = [], stereo_data.read_pair
+
+    def counting_read_pair(record, with_labels=True):
+        if not with_labels:
+            real_reads.append(record.left)
+        return original(record, with_labels)
+
+    monkeypatch.setattr(stereo_data, "read_pair", counting_read_pair)
+    items = [dataset[i % len(dataset)] for i in range(3 * len(dataset))]
+    assert all(item[3].shape == item[0].shape for item in items)  # a real crop in every item
+    assert 1 <= len(real_reads) <= 2 and len(set(real_reads)) == len(real_reads)
+
+
 def test_missing_self_supervised_source_names_it(tiny_synthetic):
     params = stereo_params(train={"self_supervised": {"source": "nowhere"}})
     with pytest.raises(FileNotFoundError, match="data source 'nowhere' not found"):

@@ -189,6 +189,8 @@ class StereoPairDataset(Dataset):
         self.real, self.real_downscale = real or [], real_downscale
         # Decoded pairs are kept: small images, read every epoch (~170 KB a pair at 96x160).
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        # Real pairs too, once downscaled: one is drawn for every item (~1.1 MB a pair at 741x500).
+        self._real_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _labelled(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if index not in self._cache:
@@ -199,14 +201,19 @@ class StereoPairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def _real(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if index not in self._real_cache:
+            pair = read_pair(self.real[index], with_labels=False)
+            left, right = pair.left, pair.right
+            if self.real_downscale > 1:
+                size = (round(left.shape[1] / self.real_downscale), round(left.shape[0] / self.real_downscale))
+                left = cv2.resize(left, size, interpolation=cv2.INTER_AREA)
+                right = cv2.resize(right, size, interpolation=cv2.INTER_AREA)
+            self._real_cache[index] = (left, right)
+        return self._real_cache[index]
+
     def _real_item(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = self.augmenter.rng
-        pair = read_pair(self.real[int(rng.integers(len(self.real)))], with_labels=False)
-        left, right = pair.left, pair.right
-        if self.real_downscale > 1:
-            size = (round(left.shape[1] / self.real_downscale), round(left.shape[0] / self.real_downscale))
-            left = cv2.resize(left, size, interpolation=cv2.INTER_AREA)
-            right = cv2.resize(right, size, interpolation=cv2.INTER_AREA)
+        left, right = self._real(int(self.augmenter.rng.integers(len(self.real))))
         left, right, _ = self.augmenter.geometry(left, right, None, self.augmenter.params.crop)
         return image_to_tensor(left), image_to_tensor(right)
 
