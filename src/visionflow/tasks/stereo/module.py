@@ -29,6 +29,20 @@ def pad_to_stride(images: torch.Tensor, stride: int) -> tuple[torch.Tensor, int,
     return images, h, w
 
 
+def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """Store ``module``'s conv weights channels-last (2D) / channels-last-3d (3D), in place.
+
+    oneDNN then runs the convolutions in that layout (activations follow the weights):
+    on the 2-core CPU a training step takes about a fifth less time. Loading a state
+    dict copies into these tensors and keeps their layout.
+    """
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    for parameter in module.parameters():
+        if parameter.dim() in formats:
+            parameter.data = parameter.data.contiguous(memory_format=formats[parameter.dim()])
+    return module
+
+
 class StereoModule(TaskModule):
     def __init__(self, model: dict[str, Any], optim: dict[str, Any]):
         super().__init__(optim)
@@ -37,6 +51,7 @@ class StereoModule(TaskModule):
                              groups=model["groups"], aggregation_channels=model["aggregation_channels"],
                              refine_channels=tuple(model["refine_channels"]),
                              refine_radius=model["refine_radius"], upsample=model["upsample"])
+        to_channels_last(self.net)
         self.max_disparity = float(model["max_disparity"])
         self.register_buffer("val_sums", torch.zeros(3, dtype=torch.float64), persistent=False)
 
