@@ -146,6 +146,20 @@ def test_real_pairs_are_decoded_once_however_often_they_are_drawn(tiny_synthetic
     assert 1 <= len(real_reads) <= 2 and len(set(real_reads)) == len(real_reads)
 
 
+def test_real_draws_leave_the_labelled_augmentation_unchanged(tiny_synthetic):
+    make_unlabelled_real(tiny_synthetic / "data" / "raw" / "yard" / "training", count=2)
+    data_root = TaskPaths("stereo", tiny_synthetic).synthetic
+
+    def labelled_items(params):
+        dataset = get_task("stereo").datamodule(params, data_root, TrainerParams()).train_dataloader().dataset
+        return [dataset[i % len(dataset)][:3] for i in range(2 * len(dataset))]
+
+    with_real = labelled_items(stereo_params(train={"self_supervised": {"source": "yard"}}))
+    without = labelled_items(stereo_params())
+    for a, b in zip(with_real, without, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 def test_missing_self_supervised_source_names_it(tiny_synthetic):
     params = stereo_params(train={"self_supervised": {"source": "nowhere"}})
     with pytest.raises(FileNotFoundError, match="data source 'nowhere' not found"):

@@ -116,8 +116,10 @@ class StereoAugmenter:
         return self._rng
 
     def geometry(self, left: np.ndarray, right: np.ndarray, disparity: np.ndarray | None,
-                 crop: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        rng = self.rng
+                 crop: tuple[int, int], rng: np.random.Generator | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Rescale, crop and flip; draws from ``rng`` (default: the augmenter's own stream)."""
+        rng = rng if rng is not None else self.rng
         low, high = self.params.scale
         factor = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if low < high else low
         if factor != 1.0:  # the scene seen by a camera with a longer focal length: disparities scale too
@@ -191,6 +193,9 @@ class StereoPairDataset(Dataset):
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         # Real pairs too, once downscaled: one is drawn for every item (~1.1 MB a pair at 741x500).
         self._real_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # Real draws have their own random stream, so the labelled pairs' augmentation is the
+        # same with or without self-supervision (and before its start_epoch).
+        self._real_generator: np.random.Generator | None = None
 
     def _labelled(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if index not in self._cache:
@@ -212,9 +217,17 @@ class StereoPairDataset(Dataset):
             self._real_cache[index] = (left, right)
         return self._real_cache[index]
 
+    @property
+    def _real_rng(self) -> np.random.Generator:
+        if self._real_generator is None:  # created in the process that uses it, like the augmenter's
+            seed = [self.augmenter.seed, 1, torch.initial_seed() % (2 ** 32)]
+            self._real_generator = np.random.default_rng(seed)
+        return self._real_generator
+
     def _real_item(self) -> tuple[torch.Tensor, torch.Tensor]:
-        left, right = self._real(int(self.augmenter.rng.integers(len(self.real))))
-        left, right, _ = self.augmenter.geometry(left, right, None, self.augmenter.params.crop)
+        rng = self._real_rng
+        left, right = self._real(int(rng.integers(len(self.real))))
+        left, right, _ = self.augmenter.geometry(left, right, None, self.augmenter.params.crop, rng)
         return image_to_tensor(left), image_to_tensor(right)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
