@@ -225,3 +225,23 @@ def test_evaluation_batches_only_pairs_of_one_size_and_range(tmp_path):
     assert batched_sizes == [1, 2]  # the first two pairs together; the rest differ in size or range
     assert batched_pairs == one_pairs  # every pair keeps its own prediction
     assert batched["net"]["all"] == one["net"]["all"] and batched["pairs"] == 5
+
+
+def test_channels_last_weights_change_the_layout_not_the_disparity(tmp_path):
+    from visionflow.tasks.stereo.module import StereoModule
+
+    params = stereo_params()
+    module = get_task("stereo").module(params, None).eval()
+    convolutions = [p for p in module.net.parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    plain = StereoModule(params.model.model_dump(mode="json"), params.train.model_dump(mode="json")).eval()
+    for parameter in plain.net.parameters():
+        parameter.data = parameter.data.contiguous()
+    plain.load_state_dict(module.state_dict())
+    left, right = torch.rand(2, 1, 3, 32, 64).unbind(0)
+    with torch.no_grad():
+        assert torch.allclose(module(left, right)[-1], plain(left, right)[-1], atol=1e-4)
+    torch.save({"state_dict": module.state_dict()}, tmp_path / "weights.pt")
+    reloaded = get_task("stereo").module(params, None)
+    reloaded.load_state_dict(torch.load(tmp_path / "weights.pt")["state_dict"])
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in reloaded.net.parameters() if p.dim() == 4)
