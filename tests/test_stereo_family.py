@@ -238,6 +238,7 @@ def test_channels_last_weights_change_the_layout_not_the_disparity(tmp_path):
     for parameter in plain.net.parameters():
         parameter.data = parameter.data.contiguous()
     plain.load_state_dict(module.state_dict())
+    assert not all(p.is_contiguous(memory_format=torch.channels_last) for p in plain.net.parameters() if p.dim() == 4)
     left, right = torch.rand(2, 1, 3, 32, 64).unbind(0)
     with torch.no_grad():
         assert torch.allclose(module(left, right)[-1], plain(left, right)[-1], atol=1e-4)
