@@ -52,7 +52,7 @@ def decoding_and_speed(workdir: Path) -> dict:
     import torch
 
     from visionflow.config import load_params
-    from visionflow.models.heatmaps import decode_heatmaps, encode_heatmaps
+    from visionflow.tasks.pose.heatmaps import decode_heatmaps, encode_heatmaps
     from visionflow.paths import TaskPaths
     from visionflow.tasks import get_task
     from visionflow.tasks.base import EvalOutputs

@@ -75,7 +75,7 @@ def main() -> int:
     import torch
 
     from visionflow.config import load_params
-    from visionflow.models.stereo import StereoInference
+    from visionflow.tasks.stereo.network import StereoInference
     from visionflow.paths import TaskPaths
     from visionflow.tasks import get_task
     from visionflow.tasks.base import EvalOutputs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -93,41 +94,99 @@ def test_dvc_yaml_paths_match_the_code():
 # Imported by every stage but not shaping any output: a change to them reruns nothing.
 GLUE_MODULES = {"__init__.py", "env.py", "config.py", "paths.py", "tracking.py", "cli.py",
                 "tasks/__init__.py"}
+PACKAGE_ROOT = REPO / "src" / "visionflow"
 
 
-def _visionflow_imports(path: Path, package_root: Path) -> set[Path]:
-    """Files of ``visionflow`` that ``path`` imports, including imports inside functions."""
-    import ast
-
+def _visionflow_imports(source: Path | ast.AST, skip_functions: tuple[str, ...] = ()) -> set[Path]:
+    """Files of ``visionflow`` that a file (or one function's AST) imports, including imports
+    inside functions, except inside functions named in ``skip_functions``."""
+    tree = ast.parse(source.read_text()) if isinstance(source, Path) else source
+    skipped = {id(inner) for node in ast.walk(tree)
+               if isinstance(node, ast.FunctionDef) and node.name in skip_functions
+               for inner in ast.walk(node)}
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
         if isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         for name in names:
             if not name.startswith("visionflow"):
                 continue
-            base = package_root.parent / name.replace(".", "/")
+            base = PACKAGE_ROOT.parent / name.replace(".", "/")
             for candidate in (base.with_suffix(".py"), base / "__init__.py"):
                 if candidate.is_file():
                     found.add(candidate)
     return found
 
 
-@pytest.mark.parametrize("task", TASK_FAMILIES)
-def test_train_code_deps_cover_everything_the_family_imports(task):
-    """Editing any module a family's code reaches must rerun its training."""
-    package_root = REPO / "src" / "visionflow"
-    train = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]["do"]
-    deps = [REPO / dep.replace("${item}", task) for dep in train["deps"] if dep.startswith("src/")]
-    reached, todo = set(), [*(package_root / "tasks" / task).glob("*.py"), package_root / "training.py"]
+def _reach(start: set[Path], skip_functions: tuple[str, ...] = ()) -> set[Path]:
+    """``start`` and every visionflow file they import, transitively (glue modules not followed)."""
+    reached, todo = set(), list(start)
     while todo:
         path = todo.pop()
         if path not in reached:
             reached.add(path)
-            if path.relative_to(package_root).as_posix() not in GLUE_MODULES:
-                todo += _visionflow_imports(path, package_root)
-    for path in sorted(reached):
-        relative = path.relative_to(package_root).as_posix()
-        covered = any(path == dep or dep in path.parents for dep in deps)
-        assert covered or relative in GLUE_MODULES, f"{relative} is not a code dep of train@{task}"
+            if path.relative_to(PACKAGE_ROOT).as_posix() not in GLUE_MODULES:
+                todo += _visionflow_imports(path, skip_functions)
+    return reached
+
+
+def _code_deps(stage: str, task: str) -> list[Path]:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    deps = stages[stage]["do"]["deps"] if "do" in stages[stage] else stages[stage]["deps"]
+    return [REPO / dep.replace("${item}", task) for dep in deps if dep.startswith("src/")]
+
+
+def _uncovered(reached: set[Path], deps: list[Path]) -> list[str]:
+    return [path.relative_to(PACKAGE_ROOT).as_posix() for path in sorted(reached)
+            if path.relative_to(PACKAGE_ROOT).as_posix() not in GLUE_MODULES
+            and not any(path == dep or dep in path.parents for dep in deps)]
+
+
+def _train_reach(task: str) -> set[Path]:
+    # A family's synthesize() runs in the synthesize stage; training sees the generator's
+    # work only through the dataset's manifest, a data dep.
+    return _reach({*(PACKAGE_ROOT / "tasks" / task).glob("*.py"), PACKAGE_ROOT / "training.py"},
+                  skip_functions=("synthesize",))
+
+
+@pytest.mark.parametrize("task", TASK_FAMILIES)
+def test_train_code_deps_cover_everything_the_family_imports(task):
+    """Editing any module a family's code reaches must rerun its training."""
+    assert _uncovered(_train_reach(task), _code_deps("train", task)) == []
+
+
+@pytest.mark.parametrize("task", TASK_FAMILIES)
+def test_synthesize_code_deps_cover_the_generator(task):
+    """Editing the family's generator, or the code it writes files with, reruns synthesize."""
+    import inspect
+
+    from visionflow.tasks import get_task
+
+    synthesize = type(get_task(task)).synthesize
+    defined_in = Path(inspect.getfile(synthesize)).resolve()  # its other methods are not followed
+    generator = _reach(_visionflow_imports(ast.parse(inspect.cleandoc("\n" + inspect.getsource(synthesize)))))
+    assert _uncovered({defined_in, *generator}, _code_deps("synthesize", task)) == []
+
+
+def test_acquire_code_deps_cover_what_it_imports():
+    assert _uncovered(_reach({PACKAGE_ROOT / "data" / "acquire.py"}), _code_deps("acquire", "")) == []
+
+
+def test_shared_code_deps_hold_no_single_family_module():
+    """A module only one family uses lives in that family's package, so editing it reruns only
+    that family's stages; the directories every family depends on hold shared code only."""
+    users: dict[Path, set[str]] = {}
+    for task in TASK_FAMILIES:
+        for path in _train_reach(task):
+            users.setdefault(path, set()).add(task)
+    for path in _reach({PACKAGE_ROOT / "data" / "acquire.py"}):
+        users.setdefault(path, set()).add("acquire")
+    shared_deps = [REPO / dep for stage in ("augment", "train", "evaluate", "register")
+                   for dep in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["do"]["deps"]
+                   if dep.startswith("src/") and "${item}" not in dep]
+    single = {path.relative_to(PACKAGE_ROOT).as_posix(): sorted(names) for path, names in users.items()
+              if len(names) == 1 and any(path == dep or dep in path.parents for dep in shared_deps)}
+    assert single == {}

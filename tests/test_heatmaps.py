@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from visionflow.models.heatmaps import decode_heatmaps, encode_heatmaps, to_crop_coords, to_heatmap_coords
+from visionflow.tasks.pose.heatmaps import decode_heatmaps, encode_heatmaps, to_crop_coords, to_heatmap_coords
 
 CROP = (64, 48)
 

@@ -11,7 +11,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from visionflow.metrics.pose import keypoint_distances, oks, oks_matrix, pck
+from visionflow.tasks.pose.metrics import keypoint_distances, oks, oks_matrix, pck
 
 
 def test_identical_keypoints_have_oks_one():

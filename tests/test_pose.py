@@ -222,7 +222,7 @@ def test_sigmas_from_params_and_default_warnings():
         resolve_sigmas([0.1, 0.2], names)
     with pytest.warns(UserWarning, match="uniform 0.05 for all 3 keypoints"):
         assert resolve_sigmas(None, names).tolist() == [0.05] * 3
-    from visionflow.metrics.pose import COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS
+    from visionflow.tasks.pose.metrics import COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS
 
     with pytest.warns(UserWarning, match="COCO's person sigmas"):
         assert tuple(resolve_sigmas(None, COCO_PERSON_KEYPOINTS)) == COCO_PERSON_SIGMAS
@@ -342,7 +342,7 @@ def test_detection_boxes_need_the_detection_model(figures_dataset, tmp_path):
 def test_flip_test_makes_predictions_mirror_equivariant():
     # Averaging a crop's maps with its mirror's makes the prediction for a mirrored crop the
     # mirror (x -> W - 1 - x, left/right swapped) of the prediction for the crop.
-    from visionflow.models.pose import KeypointPredictor, PoseNet
+    from visionflow.tasks.pose.network import KeypointPredictor, PoseNet
 
     torch.manual_seed(0)
     flip_index = [0, 2, 1, 4, 3]

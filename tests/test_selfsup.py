@@ -15,7 +15,7 @@ import yaml
 from conftest import BIN, REPO, tiny_params_dict
 from visionflow.config import ConfigError, TransformSpec, parse_params
 from visionflow.losses import nt_xent_loss
-from visionflow.metrics.probes import knn_accuracy, linear_probe_accuracy, pca_2d
+from visionflow.tasks.selfsup.probes import knn_accuracy, linear_probe_accuracy, pca_2d
 from visionflow.models.backbones import (BackboneMismatchError, backbone_from_file, load_backbone,
                                          save_backbone, save_state)
 from visionflow.models.unet import UNet, UNetEncoder
@@ -140,7 +140,7 @@ def test_not_a_backbone_file_is_named(tmp_path):
 
 
 def test_an_encoder_is_found_inside_a_checkpoint(tmp_path):
-    from visionflow.models.contrastive import ContrastiveNet
+    from visionflow.tasks.selfsup.contrastive import ContrastiveNet
 
     net = ContrastiveNet((4, 8), (1,), 8, 4)
     checkpoint = tmp_path / "model.ckpt"

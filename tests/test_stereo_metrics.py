@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from visionflow.config import SgbmParams
-from visionflow.metrics.stereo import (DisparityScore, bad_pixel_rate, bad_rate_curve, d1_rate,
+from visionflow.tasks.stereo.metrics import (DisparityScore, bad_pixel_rate, bad_rate_curve, d1_rate,
                                        end_point_error)
 from visionflow.tasks.stereo.evaluate import fill_invalid_disparity, sgbm_disparity
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from visionflow.models.stereo import (MAX_UPSCALE, MAX_WINDOW_PASSES, StereoInference, StereoNet,
+from visionflow.tasks.stereo.network import (MAX_UPSCALE, MAX_WINDOW_PASSES, StereoInference, StereoNet,
                                       convex_upsample, group_correlation_volume, infer_disparity,
                                       soft_argmin, warp_right_to_left, window_offsets)
-from visionflow.models.stereo_losses import (self_supervised_losses, supervised_disparity_loss,
+from visionflow.tasks.stereo.losses import (self_supervised_losses, supervised_disparity_loss,
                                              valid_disparity_mask)
 
 

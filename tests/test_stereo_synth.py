@@ -12,7 +12,7 @@ from visionflow.data.batching import image_to_tensor
 from visionflow.data.stereo import find_pairs, read_pair
 from visionflow.data.synth.stereo import (Layer, StereoSceneSpec, render_layers, render_scene, scene_rng,
                                           write_stereo_dataset)
-from visionflow.models.stereo import warp_right_to_left
+from visionflow.tasks.stereo.network import warp_right_to_left
 
 TINY = StereoSceneSpec(height=32, width=64, max_disparity=16.0, supersample=1)
 # No camera differences: the same surface point has the same colour in both views.

@@ -77,8 +77,9 @@ class TaskFamily(ABC):
     def load_module(self, checkpoint: Path) -> Any:
         """The trained model for inference, as ``evaluate`` and ``export`` take it.
 
-        Reading with :func:`visionflow.checkpoints.read_lightning_checkpoint` avoids
-        importing Lightning in the evaluate and register stages.
+        Reading the file with ``torch.load`` (as
+        :mod:`visionflow.tasks.segmentation.checkpoints` does) avoids importing Lightning in
+        the evaluate and register stages.
         """
 
     @abstractmethod

@@ -31,7 +31,7 @@ from visionflow.coco_eval import evaluate_coco
 from visionflow.config import ConfigError, PoseEvaluateParams
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.coco import dump_json
-from visionflow.metrics.pose import (COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS, keypoint_distances,
+from visionflow.tasks.pose.metrics import (COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS, keypoint_distances,
                                      oks_matrix, pck)
 from visionflow.tasks.base import EvalOutputs
 from visionflow.tasks.pose.data import (CocoPoseDataset, CropGeometry, KeypointSchema, crop_image,

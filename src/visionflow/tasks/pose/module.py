@@ -13,8 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from visionflow.models.heatmaps import encode_heatmaps
-from visionflow.models.pose import KeypointPredictor, PoseNet
+from visionflow.tasks.pose.heatmaps import encode_heatmaps
+from visionflow.tasks.pose.network import KeypointPredictor, PoseNet
 from visionflow.tasks.lightning_base import TaskModule
 from visionflow.tasks.pose.data import KeypointSchema
 

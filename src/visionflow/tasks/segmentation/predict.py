@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from visionflow.checkpoints import read_lightning_checkpoint, sub_state_dict
+from visionflow.tasks.segmentation.checkpoints import read_lightning_checkpoint, sub_state_dict
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.images import read_rgb, write_png
 from visionflow.models.unet import UNet

@@ -40,7 +40,7 @@ class Selfsup(TaskFamily):
 
     def synthesize(self, params: "SelfsupParams", out_dir: Path, progress: bool = True) -> dict:
         from visionflow.data.synth.shapes import ShapesSceneSpec
-        from visionflow.tasks.selfsup.data import write_selfsup_dataset
+        from visionflow.data.synth.selfsup import write_selfsup_dataset
 
         synth = params.synth.model_dump()
         seed, splits, background = synth.pop("seed"), synth.pop("splits"), synth.pop("background")

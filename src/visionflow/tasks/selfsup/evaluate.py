@@ -25,8 +25,8 @@ from visionflow.data.coco import load_coco, semantic_mask
 from visionflow.data.images import read_rgb
 from visionflow.losses import cross_entropy_loss
 from visionflow.metrics.segmentation import confusion_matrix, mean_iou
-from visionflow.metrics.probes import knn_accuracy, linear_probe_accuracy, pca_2d
-from visionflow.models.contrastive import EncoderEmbedding
+from visionflow.tasks.selfsup.probes import knn_accuracy, linear_probe_accuracy, pca_2d
+from visionflow.tasks.selfsup.contrastive import EncoderEmbedding
 from visionflow.models.unet import UNet, UNetEncoder
 from visionflow.tasks.base import EvalOutputs
 from visionflow.tasks.selfsup.data import ProbeSet, load_image, load_probe_set, probe_root

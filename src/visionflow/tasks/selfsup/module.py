@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from visionflow.losses import nt_xent_loss
-from visionflow.models.contrastive import ContrastiveNet
+from visionflow.tasks.selfsup.contrastive import ContrastiveNet
 from visionflow.tasks.lightning_base import TaskModule
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from visionflow.models.stereo import StereoNet
-from visionflow.models.stereo_losses import (self_supervised_losses, supervised_disparity_loss,
+from visionflow.tasks.stereo.network import StereoNet
+from visionflow.tasks.stereo.losses import (self_supervised_losses, supervised_disparity_loss,
                                              valid_disparity_mask)
 from visionflow.tasks.lightning_base import TaskModule
 from visionflow.tasks.stereo.data import StereoBatch

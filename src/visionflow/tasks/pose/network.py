@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionflow.models.heatmaps import decode_heatmaps
+from visionflow.tasks.pose.heatmaps import decode_heatmaps
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:

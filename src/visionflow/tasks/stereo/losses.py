@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from visionflow.models.stereo import warp_right_to_left
+from visionflow.tasks.stereo.network import warp_right_to_left
 
 EDGE_SHARPNESS = 10.0  # smoothness weight exp(-10 |dI|): an image step of 0.1 (of [0, 1]) halves it ~3x
 

@@ -270,7 +270,7 @@ class StereoInference(nn.Module):
     (left image, ``x_right = x_left - d``). Pads H, W past the net's stride (edge
     replication) and crops back. Disparities beyond ``max_disparity`` (a buffer, so
     it survives export) need the caller to downscale first:
-    :func:`visionflow.tasks.stereo.predict.infer_disparity` does.
+    :func:`infer_disparity` does.
     """
 
     def __init__(self, net: StereoNet):
