@@ -19,15 +19,22 @@ export PREFECT_SERVER_UI_STATIC_DIRECTORY := $(CURDIR)/.cache/prefect/ui
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.cache/dvc-site
 export NO_PROXY := 127.0.0.1,localhost
 
-.PHONY: install repro flow test test-slow ui prefect-ui mlflow-ui bench clean
+.PHONY: install constraints repro flow test test-slow ui prefect-ui mlflow-ui bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
+
+## constraints: re-pin constraints.txt to what the virtualenv holds (after editing dependencies)
+constraints:
+	$(BIN)/pip install --quiet -e '.[dev]'
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	touch $(VENV)/.installed
 
 ## repro: run the whole pipeline with DVC (only what changed), then show the metrics
 repro: install
