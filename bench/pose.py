@@ -52,11 +52,11 @@ def decoding_and_speed(workdir: Path) -> dict:
     import torch
 
     from visionflow.config import load_params
-    from visionflow.tasks.pose.heatmaps import decode_heatmaps, encode_heatmaps
     from visionflow.paths import TaskPaths
     from visionflow.tasks import get_task
     from visionflow.tasks.base import EvalOutputs
     from visionflow.tasks.pose.evaluate import evaluate_pose
+    from visionflow.tasks.pose.heatmaps import decode_heatmaps, encode_heatmaps
 
     params = load_params(workdir / "params.yaml").pose
     family, paths = get_task("pose"), TaskPaths("pose", workdir)

@@ -75,11 +75,11 @@ def main() -> int:
     import torch
 
     from visionflow.config import load_params
-    from visionflow.tasks.stereo.network import StereoInference
     from visionflow.paths import TaskPaths
     from visionflow.tasks import get_task
     from visionflow.tasks.base import EvalOutputs
     from visionflow.tasks.stereo.evaluate import evaluate_split
+    from visionflow.tasks.stereo.network import StereoInference
 
     params = load_params(args.params).task("stereo")
     module = get_task("stereo").load_module(Path(args.checkpoint))

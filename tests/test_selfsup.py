@@ -15,10 +15,10 @@ import yaml
 from conftest import BIN, REPO, tiny_params_dict
 from visionflow.config import ConfigError, TransformSpec, parse_params
 from visionflow.losses import nt_xent_loss
-from visionflow.tasks.selfsup.probes import knn_accuracy, linear_probe_accuracy, pca_2d
 from visionflow.models.backbones import (BackboneMismatchError, backbone_from_file, load_backbone,
                                          save_backbone, save_state)
 from visionflow.models.unet import UNet, UNetEncoder
+from visionflow.tasks.selfsup.probes import knn_accuracy, linear_probe_accuracy, pca_2d
 
 
 # --- NT-Xent ------------------------------------------------------------------------------------

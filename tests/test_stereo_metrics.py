@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from visionflow.config import SgbmParams
-from visionflow.tasks.stereo.metrics import (DisparityScore, bad_pixel_rate, bad_rate_curve, d1_rate,
-                                       end_point_error)
 from visionflow.tasks.stereo.evaluate import fill_invalid_disparity, sgbm_disparity
+from visionflow.tasks.stereo.metrics import (DisparityScore, bad_pixel_rate, bad_rate_curve, d1_rate,
+                                             end_point_error)
 
 INF = np.inf
 TARGET = np.array([[10.0, 20.0], [INF, 40.0]])

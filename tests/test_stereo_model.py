@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from visionflow.tasks.stereo.network import (MAX_UPSCALE, MAX_WINDOW_PASSES, StereoInference, StereoNet,
-                                      convex_upsample, group_correlation_volume, infer_disparity,
-                                      soft_argmin, warp_right_to_left, window_offsets)
 from visionflow.tasks.stereo.losses import (self_supervised_losses, supervised_disparity_loss,
-                                             valid_disparity_mask)
+                                            valid_disparity_mask)
+from visionflow.tasks.stereo.network import (MAX_UPSCALE, MAX_WINDOW_PASSES, StereoInference, StereoNet,
+                                             convex_upsample, group_correlation_volume, infer_disparity,
+                                             soft_argmin, warp_right_to_left, window_offsets)
 
 
 @pytest.mark.parametrize("k", [0, 3, 11])

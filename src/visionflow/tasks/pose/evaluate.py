@@ -31,11 +31,11 @@ from visionflow.coco_eval import evaluate_coco
 from visionflow.config import ConfigError, PoseEvaluateParams
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.coco import dump_json
-from visionflow.tasks.pose.metrics import (COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS, keypoint_distances,
-                                     oks_matrix, pck)
 from visionflow.tasks.base import EvalOutputs
 from visionflow.tasks.pose.data import (CocoPoseDataset, CropGeometry, KeypointSchema, crop_image,
                                         crop_transform, keypoint_schema, load_split)
+from visionflow.tasks.pose.metrics import (COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS, keypoint_distances,
+                                           oks_matrix, pck)
 from visionflow.viz import draw_keypoints, save_grid
 
 DEFAULT_SIGMA = 0.05

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from visionflow.tasks.pose.heatmaps import encode_heatmaps
-from visionflow.tasks.pose.network import KeypointPredictor, PoseNet
 from visionflow.tasks.lightning_base import TaskModule
 from visionflow.tasks.pose.data import KeypointSchema
+from visionflow.tasks.pose.heatmaps import encode_heatmaps
+from visionflow.tasks.pose.network import KeypointPredictor, PoseNet
 
 VAL_PCK_THRESHOLDS = (0.05, 0.1)
 

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from visionflow.tasks.segmentation.checkpoints import read_lightning_checkpoint, sub_state_dict
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.images import read_rgb, write_png
 from visionflow.models.unet import UNet
+from visionflow.tasks.segmentation.checkpoints import read_lightning_checkpoint, sub_state_dict
 from visionflow.viz import overlay_labels, palette
 
 

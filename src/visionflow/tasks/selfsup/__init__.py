@@ -39,8 +39,8 @@ class Selfsup(TaskFamily):
     monitor_mode = "min"
 
     def synthesize(self, params: "SelfsupParams", out_dir: Path, progress: bool = True) -> dict:
-        from visionflow.data.synth.shapes import ShapesSceneSpec
         from visionflow.data.synth.selfsup import write_selfsup_dataset
+        from visionflow.data.synth.shapes import ShapesSceneSpec
 
         synth = params.synth.model_dump()
         seed, splits, background = synth.pop("seed"), synth.pop("splits"), synth.pop("background")

@@ -25,11 +25,11 @@ from visionflow.data.coco import load_coco, semantic_mask
 from visionflow.data.images import read_rgb
 from visionflow.losses import cross_entropy_loss
 from visionflow.metrics.segmentation import confusion_matrix, mean_iou
-from visionflow.tasks.selfsup.probes import knn_accuracy, linear_probe_accuracy, pca_2d
-from visionflow.tasks.selfsup.contrastive import EncoderEmbedding
 from visionflow.models.unet import UNet, UNetEncoder
 from visionflow.tasks.base import EvalOutputs
+from visionflow.tasks.selfsup.contrastive import EncoderEmbedding
 from visionflow.tasks.selfsup.data import ProbeSet, load_image, load_probe_set, probe_root
+from visionflow.tasks.selfsup.probes import knn_accuracy, linear_probe_accuracy, pca_2d
 
 REPRESENTATIONS = ("pretrained", "random_init", "raw_pixels")
 

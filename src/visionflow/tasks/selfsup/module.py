@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from visionflow.losses import nt_xent_loss
-from visionflow.tasks.selfsup.contrastive import ContrastiveNet
 from visionflow.tasks.lightning_base import TaskModule
+from visionflow.tasks.selfsup.contrastive import ContrastiveNet
 
 
 class SelfsupModule(TaskModule):

@@ -79,8 +79,8 @@ class Stereo(TaskFamily):
         import torch
 
         from visionflow.data.stereo import find_pairs, list_splits, read_pair
-        from visionflow.tasks.stereo.network import StereoInference
         from visionflow.tasks.stereo.evaluate import pair_tensor
+        from visionflow.tasks.stereo.network import StereoInference
 
         split = "test" if "test" in list_splits(data_root) else list_splits(data_root)[0]
         records = find_pairs(data_root, split)

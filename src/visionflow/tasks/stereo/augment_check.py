@@ -10,8 +10,8 @@ import torch
 from visionflow.config import StereoParams
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.stereo import StereoPair, find_pairs, read_pair
-from visionflow.tasks.stereo.network import warp_right_to_left
 from visionflow.tasks.stereo.data import StereoAugmenter
+from visionflow.tasks.stereo.network import warp_right_to_left
 from visionflow.tasks.stereo.viz import disparity_colour
 from visionflow.viz import save_grid
 

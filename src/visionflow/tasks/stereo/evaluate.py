@@ -26,10 +26,10 @@ from tqdm import tqdm
 from visionflow.config import SgbmParams, StereoParams
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.stereo import StereoPair, StereoRecord, find_pairs, read_pair
-from visionflow.tasks.stereo.metrics import DisparityScore, bad_rate_curve, disparity_errors
-from visionflow.tasks.stereo.network import StereoInference, infer_disparity
 from visionflow.tasks.base import EvalOutputs
 from visionflow.tasks.stereo.data import source_root
+from visionflow.tasks.stereo.metrics import DisparityScore, bad_rate_curve, disparity_errors
+from visionflow.tasks.stereo.network import StereoInference, infer_disparity
 from visionflow.tasks.stereo.viz import disparity_colour, error_colour
 from visionflow.viz import save_grid
 

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from visionflow.tasks.stereo.network import StereoNet
-from visionflow.tasks.stereo.losses import (self_supervised_losses, supervised_disparity_loss,
-                                             valid_disparity_mask)
 from visionflow.tasks.lightning_base import TaskModule
 from visionflow.tasks.stereo.data import StereoBatch
+from visionflow.tasks.stereo.losses import (self_supervised_losses, supervised_disparity_loss,
+                                            valid_disparity_mask)
+from visionflow.tasks.stereo.network import StereoNet
 
 
 def pad_to_stride(images: torch.Tensor, stride: int) -> tuple[torch.Tensor, int, int]:

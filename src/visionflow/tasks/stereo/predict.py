@@ -10,8 +10,8 @@ import torch
 from visionflow.data.disparity import write_pfm
 from visionflow.data.images import ImageReadError, read_rgb, write_png
 from visionflow.data.stereo import read_calib_ndisp
-from visionflow.tasks.stereo.network import infer_disparity
 from visionflow.tasks.stereo.evaluate import pair_tensor
+from visionflow.tasks.stereo.network import infer_disparity
 from visionflow.tasks.stereo.viz import disparity_colour
 
 
