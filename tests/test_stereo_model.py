@@ -10,7 +10,7 @@ from visionflow.tasks.stereo.losses import (self_supervised_losses, supervised_d
                                             valid_disparity_mask)
 from visionflow.tasks.stereo.network import (MAX_UPSCALE, MAX_WINDOW_PASSES, StereoInference, StereoNet,
                                              convex_upsample, group_correlation_volume, infer_disparity,
-                                             soft_argmin, warp_right_to_left, window_offsets)
+                                             local_correlation, soft_argmin, warp_right_to_left, window_offsets)
 
 
 @pytest.mark.parametrize("k", [0, 3, 11])
@@ -48,6 +48,24 @@ def test_warp_gradcheck_on_disparity():
     right = torch.randn(1, 2, 3, 7, dtype=torch.float64)
     disparity = (torch.rand(1, 1, 3, 7, dtype=torch.float64) * 2 + 1.2).requires_grad_()
     assert torch.autograd.gradcheck(lambda d: warp_right_to_left(right, d)[0], (disparity,))
+
+
+def test_local_correlation_equals_correlating_with_the_bilinear_warp():
+    generator = torch.Generator().manual_seed(0)
+    left = torch.randn(2, 5, 4, 12, dtype=torch.float64, generator=generator).requires_grad_()
+    right = torch.randn(2, 5, 4, 12, dtype=torch.float64, generator=generator).requires_grad_()
+    # Fractional disparities, some sampling past either border of the right view.
+    disparity = (torch.rand(2, 1, 4, 12, dtype=torch.float64, generator=generator) * 14 - 1).requires_grad_()
+    radius = 2
+    warped = [warp_right_to_left(right, disparity + offset)[0] for offset in range(-radius, radius + 1)]
+    expected = torch.cat([(left * w).mean(1, keepdim=True) for w in warped], 1)
+    gathered = local_correlation(left, right, disparity, radius)
+    torch.testing.assert_close(gathered, expected)
+    weights = torch.randn(gathered.shape, dtype=torch.float64, generator=generator)
+    grads = torch.autograd.grad((gathered * weights).sum(), (left, right, disparity))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (left, right, disparity))
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
 
 
 def test_inference_pads_any_size_and_keeps_shape():
