@@ -9,7 +9,8 @@ import torch
 from visionflow.tasks.stereo.losses import (self_supervised_losses, supervised_disparity_loss,
                                             valid_disparity_mask)
 from visionflow.tasks.stereo.network import (MAX_UPSCALE, MAX_WINDOW_PASSES, StereoInference, StereoNet,
-                                             convex_upsample, group_correlation_volume, infer_disparity,
+                                             convex_upsample, fill_out_of_view, group_correlation_volume,
+                                             infer_disparity,
                                              local_correlation, soft_argmin, warp_right_to_left, window_offsets)
 
 
@@ -180,6 +181,17 @@ def test_the_enlarged_estimate_is_kept_only_where_it_agrees_with_the_other_scale
     model = ScaleDependentDisparity({120: 7.5, 80: 6.0, 160: enlarged})
     out = infer_disparity(model, torch.rand(1, 6, 40, 80), trained_max=48, max_disparity=32)
     torch.testing.assert_close(out, torch.full_like(out, expected))
+
+
+def test_pixels_matched_outside_the_right_view_take_their_rows_nearest_seen_disparity():
+    disparity = torch.tensor([[9.0, 7.0, 3.0, 2.0, 4.0, 1.0],    # x - d: -9 -6 -1  1  0  4
+                              [0.0, 8.0, 1.0, 9.0, 5.0, 9.0],    # x - d:  0 -7  1 -6 -1 -4
+                              [1.0, 2.0, 5.0, 6.0, 7.0, 8.0]])   # x - d: all < 0
+    filled = fill_out_of_view(disparity[None, None])[0, 0]
+    torch.testing.assert_close(filled[0], torch.tensor([2.0, 2.0, 2.0, 2.0, 4.0, 1.0]))
+    # from the right only; unseen pixels with no seen one to their right keep their estimate
+    torch.testing.assert_close(filled[1], torch.tensor([0.0, 1.0, 1.0, 9.0, 5.0, 9.0]))
+    torch.testing.assert_close(filled[2], disparity[2])
 
 
 def test_unknown_range_is_probed_then_matched_at_the_right_scale():
