@@ -10,8 +10,8 @@ from visionflow.tasks.stereo.losses import (self_supervised_losses, supervised_d
                                             valid_disparity_mask)
 from visionflow.tasks.stereo.network import (MAX_UPSCALE, MAX_WINDOW_PASSES, StereoInference, StereoNet,
                                              convex_upsample, fill_out_of_view, group_correlation_volume,
-                                             infer_disparity,
-                                             local_correlation, soft_argmin, warp_right_to_left, window_offsets)
+                                             infer_disparity, local_correlation, soft_argmin, warp_right_to_left,
+                                             window_offsets)
 
 
 @pytest.mark.parametrize("k", [0, 3, 11])

@@ -387,9 +387,8 @@ def fill_out_of_view(disparity: torch.Tensor) -> torch.Tensor:
     where that is left of the image (``x - d < 0``) the model had nothing to match and its
     estimate is an extrapolation. Such a pixel takes the disparity of the nearest pixel to its
     right on the same row whose match is inside the view (rows without one are kept), as the
-    SGBM baseline's unmatched pixels are filled along their row (``fill_invalid``).
-    Measured with the default weights: Motorcycle bad-1 19.2 -> 17.8 % at 741x500 and
-    12.9 -> 11.8 % at 370x250, synthetic test bad-1 22.1 -> 21.2 %.
+    SGBM baseline's unmatched pixels are filled along their row (``fill_invalid``). What it
+    changes on the bench pairs: bench/stereo.md.
     """
     width = disparity.shape[-1]
     columns = torch.arange(width, dtype=disparity.dtype, device=disparity.device).expand_as(disparity)
@@ -433,17 +432,24 @@ def infer_disparity(model: nn.Module, pair: torch.Tensor, trained_max: float,
         probe = _to_input_size(model(_resized(pair, probe_scale)), size)
         sample = probe.flatten()[:: max(1, probe.numel() // 100_000)]
         max_disparity = float(torch.quantile(sample, 0.995)) * 1.15
+    return fill_out_of_view(_matched_across_scales(model, pair, trained_max, max_disparity))
+
+
+def _matched_across_scales(model: nn.Module, pair: torch.Tensor, trained_max: float,
+                           max_disparity: float) -> torch.Tensor:
+    """The coarse, native and enlarged estimates fused as :func:`infer_disparity` says: ``(N, 1, H, W)``."""
+    size = tuple(pair.shape[-2:])
     widest = trained_max * (1 + (MAX_WINDOW_PASSES - 1) / 2)  # what MAX_WINDOW_PASSES windows cover
     coarse_scale = max(1.0 / MAX_UPSCALE, max_disparity / trained_max)  # input px per matched px
     native_scale = max(1.0, max_disparity / widest)
     enlarged_scale = max(1.0 / MAX_UPSCALE, max_disparity / widest)
     coarse = _to_input_size(model(_resized(pair, coarse_scale)), size)
     if enlarged_scale == coarse_scale:  # a narrow range: one pass, as enlarged as allowed
-        return fill_out_of_view(coarse)
+        return coarse
     enlarged = _match_in_windows(model, pair, enlarged_scale, trained_max, max_disparity, coarse)
     if enlarged_scale == native_scale:  # a range too wide to enlarge
-        return fill_out_of_view(enlarged)
+        return enlarged
     native = coarse if native_scale == coarse_scale else \
         _match_in_windows(model, pair, native_scale, trained_max, max_disparity, coarse)
     consensus = torch.stack([coarse, native, enlarged]).median(0).values
-    return fill_out_of_view(torch.where((enlarged - consensus).abs() <= AGREEMENT_PX, enlarged, consensus))
+    return torch.where((enlarged - consensus).abs() <= AGREEMENT_PX, enlarged, consensus)
