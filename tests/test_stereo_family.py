@@ -115,14 +115,14 @@ def test_self_supervised_phase_adds_photometric_terms(tiny_synthetic):
     assert batch.real_left.shape == batch.left.shape
     module.train()
     _, losses = module.model_step(batch)
-    assert {"supervised", "photometric", "smoothness", "left_right", "loss"} <= set(losses)
+    assert {"supervised", "distribution", "photometric", "smoothness", "left_right", "loss"} <= set(losses)
     assert all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
     assert all(p.grad is not None for p in module.net.parameters() if p.requires_grad)
     # Before start_epoch only the supervised loss counts.
     late = stereo_params(train={"self_supervised": {"source": "street", "start_epoch": 5}})
     _, losses = family.module(late, datamodule).model_step(batch)
-    assert set(losses) == {"supervised", "loss"}
+    assert set(losses) == {"supervised", "distribution", "loss"}
 
 
 def test_real_pairs_are_decoded_once_however_often_they_are_drawn(tiny_synthetic, monkeypatch):

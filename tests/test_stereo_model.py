@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from visionflow.tasks.stereo.losses import (self_supervised_losses, supervised_disparity_loss,
-                                            valid_disparity_mask)
+                                            valid_disparity_mask, volume_distribution_loss)
 from visionflow.tasks.stereo.network import (MAX_UPSCALE, MAX_WINDOW_PASSES, StereoInference, StereoNet,
                                              convex_upsample, fill_out_of_view, group_correlation_volume,
                                              infer_disparity, local_correlation, soft_argmin, warp_right_to_left,
@@ -25,6 +25,49 @@ def test_soft_argmin_between_two_equal_minima_is_their_mean():
     cost = torch.full((1, 8, 1, 1), 50.0)
     cost[0, 2] = cost[0, 5] = 0.0
     assert abs(float(soft_argmin(cost)) - 3.5) < 1e-4
+
+
+def test_soft_argmin_within_a_radius_ignores_a_distant_second_minimum():
+    cost = torch.full((1, 12, 1, 1), 50.0)
+    cost[0, 2] = cost[0, 9] = 0.0
+    cost[0, 1], cost[0, 3] = 1.0, 2.0  # the lower neighbour pulls below 2
+    everything = float(soft_argmin(cost))
+    near_best = float(soft_argmin(cost, radius=1))
+    weights = torch.softmax(-torch.tensor([1.0, 0.0, 2.0]), 0)
+    assert abs(near_best - float((weights * torch.tensor([1.0, 2.0, 3.0])).sum())) < 1e-5
+    assert everything > near_best + 2  # pulled towards the second minimum, where neither surface is
+
+
+def test_the_argmin_radius_applies_in_eval_mode_only():
+    torch.manual_seed(0)
+    nets = [StereoNet(max_disparity=16, channels=(4, 8, 8), groups=4, aggregation_channels=4,
+                      refine_channels=(4, 0), argmin_radius=radius) for radius in (0, None)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    left, right = torch.rand(2, 1, 3, 16, 32).unbind(0)
+    trained = [net.train()(left, right, with_cost=True) for net in nets]
+    assert trained[0][1].shape == (1, 16 // 4 + 2, 4, 8)  # (N, max_disparity / 4 + 2, H/4, W/4)
+    assert torch.equal(trained[0][0][-1], trained[1][0][-1])  # every candidate weighed in training
+    with torch.no_grad():
+        evaluated = [net.eval()(left, right)[-1] for net in nets]
+    assert not torch.allclose(evaluated[0], evaluated[1])
+
+
+def test_volume_distribution_loss_is_least_for_the_wanted_distribution():
+    target = torch.full((1, 1, 8, 8), 10.0)  # 2.5 volume steps everywhere
+    target[..., :4, :4] = float("inf")  # one invalid 1/4 cell
+    steps = torch.arange(6.0).view(1, -1, 1, 1)
+    spread = 0.5
+    wanted_cost = ((steps - 2.5).abs() / spread).expand(1, 6, 2, 2).clone()
+    best = volume_distribution_loss(wanted_cost, target, 48, spread)
+    wanted = torch.softmax(-wanted_cost[0, :, 0, 0], 0)
+    entropy = float(-(wanted * wanted.log()).sum())
+    assert abs(float(best) - entropy) < 1e-5  # cross-entropy of a distribution with itself
+    shifted = volume_distribution_loss(((steps - 4.0).abs() / spread).expand(1, 6, 2, 2), target, 48, spread)
+    flat = volume_distribution_loss(torch.zeros(1, 6, 2, 2), target, 48, spread)
+    assert float(shifted) > float(best) + 0.5 and float(flat) > float(best) + 0.5
+    cost = torch.zeros(1, 6, 3, 3, requires_grad=True)  # padded: cropped to the target's 2x2 cells
+    empty = volume_distribution_loss(cost, torch.full_like(target, float("inf")), 48, spread)
+    assert float(empty) == 0 and empty.requires_grad
 
 
 def test_correlation_volume_peaks_at_the_true_shift():

@@ -582,6 +582,7 @@ class StereoModelParams(Strict):
     refine_channels: tuple[int, int] = (32, 16)  # refinement at 1/2 and full resolution (0: no full-res level)
     refine_radius: int = Field(2, ge=0)  # local correlation offsets -r..r px per refinement level
     upsample: Literal["bilinear", "convex"] = "convex"  # x2 steps between levels
+    argmin_radius: int | None = Field(1, ge=0)  # inference: soft-argmin over candidates within r steps of the best
 
     @model_validator(mode="after")
     def _shapes(self) -> "StereoModelParams":
@@ -597,6 +598,8 @@ class StereoModelParams(Strict):
 class StereoLossParams(Strict):
     scale_weights: tuple[float, float, float] = (0.5, 0.7, 1.0)  # smooth L1 at 1/4 volume, 1/2, full
     beta: float = Field(1.0, gt=0)  # smooth L1's quadratic zone (px); smaller pushes sub-pixel errors harder
+    distribution_weight: float = Field(0.5, ge=0)  # cross-entropy of the 1/4 volume against one peak (0: off)
+    distribution_spread: float = Field(0.5, gt=0)  # that peak's width, in volume steps (4 px)
 
 
 class SelfSupervisedParams(Strict):

@@ -39,6 +39,31 @@ def supervised_disparity_loss(predictions: Sequence[torch.Tensor], target: torch
                for w, p in zip(weights, predictions))
 
 
+def volume_distribution_loss(cost: torch.Tensor, target: torch.Tensor, max_disparity: float,
+                             spread: float) -> torch.Tensor:
+    """Cross-entropy of the cost volume's distribution against a unimodal one around the truth.
+
+    cost: ``(N, D, h, w)`` matching cost at 1/4 of the target's resolution, candidate ``k``
+    meaning ``4 k`` px; target ``(N, 1, H, W)`` px (``h >= H / 4``, ``w >= W / 4``; a padded
+    cost is cropped). Each 1/4 cell takes the truth of its 4x4 block's pixel ``(2, 2)``, one
+    surface's value even at a depth edge; the wanted distribution is
+    ``softmax(-|k - t / 4| / spread)``. The soft-argmin loss alone is also satisfied by two
+    peaks whose mean is right, which at a depth edge puts weight on both surfaces; this
+    pulls the volume to one peak (AcfNet's unimodal supervision). Averaged over the cells
+    with valid truth; with none, a zero still tied to the graph.
+    """
+    sampled = target[..., 2::4, 2::4]
+    cost = cost[..., : sampled.shape[-2], : sampled.shape[-1]]
+    valid = valid_disparity_mask(sampled, max_disparity)
+    if not valid.any():
+        return cost.sum() * 0.0
+    steps = torch.arange(cost.shape[1], dtype=cost.dtype, device=cost.device).view(1, -1, 1, 1)
+    truth = torch.where(valid, sampled, torch.zeros_like(sampled)) / 4
+    wanted = F.softmax(-(steps - truth).abs() / spread, dim=1)
+    cross_entropy = -(wanted * F.log_softmax(-cost, dim=1)).sum(1, keepdim=True)
+    return cross_entropy[valid].mean()
+
+
 def photometric_error(left: torch.Tensor, reconstructed: torch.Tensor, ssim_weight: float = 0.85
                       ) -> torch.Tensor:
     """Per-pixel ``w * (1 - SSIM) / 2 + (1 - w) * |L1|`` averaged over channels: ``(N, 1, H, W)``."""

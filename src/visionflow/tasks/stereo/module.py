@@ -1,5 +1,8 @@
 """Lightning module for stereo: supervised smooth L1 on synthetic pairs, optional self-supervision.
 
+The supervised loss is smooth L1 at every level plus (``loss.distribution_weight``) a
+cross-entropy pulling the 1/4 cost volume's distribution to one peak at the truth.
+
 Batches are :class:`~visionflow.tasks.stereo.data.StereoBatch`. Self-supervision
 (``train.self_supervised``) is a second phase of the same fit: from its
 ``start_epoch`` on, the photometric / smoothness / left-right loss on real
@@ -16,7 +19,7 @@ import torch.nn.functional as F
 from visionflow.tasks.lightning_base import TaskModule
 from visionflow.tasks.stereo.data import StereoBatch
 from visionflow.tasks.stereo.losses import (self_supervised_losses, supervised_disparity_loss,
-                                            valid_disparity_mask)
+                                            valid_disparity_mask, volume_distribution_loss)
 from visionflow.tasks.stereo.network import StereoNet
 
 
@@ -50,26 +53,37 @@ class StereoModule(TaskModule):
         self.net = StereoNet(max_disparity=model["max_disparity"], channels=tuple(model["channels"]),
                              groups=model["groups"], aggregation_channels=model["aggregation_channels"],
                              refine_channels=tuple(model["refine_channels"]),
-                             refine_radius=model["refine_radius"], upsample=model["upsample"])
+                             refine_radius=model["refine_radius"], upsample=model["upsample"],
+                             argmin_radius=model.get("argmin_radius"))  # absent from older checkpoints
         to_channels_last(self.net)
         self.max_disparity = float(model["max_disparity"])
         self.register_buffer("val_sums", torch.zeros(3, dtype=torch.float64), persistent=False)
 
-    def forward(self, left: torch.Tensor, right: torch.Tensor) -> list[torch.Tensor]:
-        """left, right ``(N, 3, H, W)`` in [0, 1], any size -> disparities ``(N, 1, H, W)``, coarse first."""
+    def forward(self, left: torch.Tensor, right: torch.Tensor, with_cost: bool = False
+                ) -> list[torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor]:
+        """left, right ``(N, 3, H, W)`` in [0, 1], any size -> disparities ``(N, 1, H, W)``, coarse first.
+
+        ``with_cost``: also the 1/4 volume's cost of the padded pair (:class:`StereoNet`).
+        """
         both, h, w = pad_to_stride(torch.cat([left, right], 1), self.net.stride)
-        return [d[..., :h, :w] for d in self.net(both[:, :3], both[:, 3:])]
+        disparities, cost = self.net(both[:, :3], both[:, 3:], with_cost=True)
+        disparities = [d[..., :h, :w] for d in disparities]
+        return (disparities, cost) if with_cost else disparities
 
     def _self_supervised_active(self) -> bool:
         selfsup = self.optim["self_supervised"]
         return selfsup["source"] is not None and self.current_epoch >= selfsup["start_epoch"]
 
     def model_step(self, batch: StereoBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        predictions = self(batch.left, batch.right)
+        predictions, cost = self(batch.left, batch.right, with_cost=True)
         loss = self.optim["loss"]
         supervised = supervised_disparity_loss(predictions, batch.disparity, loss["scale_weights"],
                                                self.max_disparity, loss.get("beta", 1.0))
         losses = {"supervised": supervised}
+        if loss.get("distribution_weight", 0.0):  # absent from older checkpoints' hyperparameters
+            losses["distribution"] = volume_distribution_loss(cost, batch.disparity, self.max_disparity,
+                                                              loss["distribution_spread"])
+            supervised = supervised + loss["distribution_weight"] * losses["distribution"]
         if self.training and self._self_supervised_active() and batch.real_left.numel():
             selfsup = self.optim["self_supervised"]
             terms = self.self_supervised_step(batch.real_left, batch.real_right, selfsup["ssim_weight"])

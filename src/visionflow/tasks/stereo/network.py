@@ -8,7 +8,8 @@ Pipeline, for a rectified pair ``left, right: (N, 3, H, W)`` float in ``[0, 1]``
    candidate disparities, ``(N, G, D, H/4, W/4)``;
 3. 3D aggregation (3D convolutions with one hourglass) to a matching cost
    ``(N, D, H/4, W/4)``;
-4. soft-argmin regression ``d = sum_d d * softmax(-c_d)`` (sub-pixel, differentiable);
+4. soft-argmin regression ``d = sum_d d * softmax(-c_d)`` (sub-pixel, differentiable; at
+   inference over the candidates next to the lowest cost only);
 5. refinement at 1/2 and (optionally) full resolution: each level warps the right
    features by the current disparity at a few offsets, correlates them with the left
    features (a local cost volume around the estimate) and predicts a residual from
@@ -108,11 +109,18 @@ def group_correlation_volume(left: torch.Tensor, right: torch.Tensor, max_dispar
     return volume
 
 
-def soft_argmin(cost: torch.Tensor) -> torch.Tensor:
+def soft_argmin(cost: torch.Tensor, radius: int | None = None) -> torch.Tensor:
     """``(N, D, H, W)`` matching cost (lower is better) -> ``(N, 1, H, W)`` expected disparity.
 
-    ``d = sum_d d * softmax(-cost)_d`` in units of the volume's disparity steps.
+    ``d = sum_d d * softmax(-cost)_d`` in units of the volume's disparity steps. With
+    ``radius``, only the candidates within ``radius`` steps of the lowest cost take part, so a
+    second mode (the background behind a depth edge, a repeated texture) does not pull the
+    estimate to a value between the two that neither surface has.
     """
+    if radius is not None:
+        steps = torch.arange(cost.shape[1], device=cost.device).view(1, -1, 1, 1)
+        far = (steps - cost.argmin(1, keepdim=True)).abs() > radius
+        cost = cost.masked_fill(far, float("inf"))
     probability = F.softmax(-cost, dim=1)
     candidates = torch.arange(cost.shape[1], dtype=cost.dtype, device=cost.device).view(1, -1, 1, 1)
     return (probability * candidates).sum(1, keepdim=True)
@@ -241,15 +249,21 @@ class StereoNet(nn.Module):
     """``forward(left, right)`` -> list of disparities ``(N, 1, H, W)`` in input px, coarsest first.
 
     The last entry is the final estimate; the earlier ones (1/4 volume, 1/2 refinement,
-    upsampled to full size) are for deep supervision during training.
+    upsampled to full size) are for deep supervision during training. ``with_cost=True``
+    also returns the 1/4 volume's matching cost ``(N, max_disparity / 4 + 2, H/4, W/4)``
+    (candidate ``k`` is ``4 k`` px), for a loss on its distribution.
+
+    In training the soft-argmin weighs every candidate (each gets a gradient); in eval mode
+    only those within ``argmin_radius`` volume steps of the lowest cost (``None``: all).
     """
 
     stride = 8  # H and W must be multiples of this (a 1/4 volume with a stride-2 hourglass)
 
     def __init__(self, max_disparity: int = 48, channels: tuple[int, int, int] = (16, 24, 32),
                  groups: int = 8, aggregation_channels: int = 16, refine_channels: tuple[int, int] = (32, 16),
-                 refine_radius: int = 2, upsample: str = "convex"):
+                 refine_radius: int = 2, upsample: str = "convex", argmin_radius: int | None = None):
         super().__init__()
+        self.argmin_radius = argmin_radius
         if max_disparity % 8:
             raise ValueError(f"max_disparity must be a multiple of 8, got {max_disparity}")
         self.max_disparity = max_disparity
@@ -270,7 +284,8 @@ class StereoNet(nn.Module):
         self.refine_full = LocalRefinement(channels[0], refine_channels[1], refine_radius, (1, 2, 1),
                                            max_disparity) if refine_channels[1] else None
 
-    def forward(self, left: torch.Tensor, right: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, left: torch.Tensor, right: torch.Tensor, with_cost: bool = False
+                ) -> list[torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor]:
         h, w = left.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(f"image size {h}x{w} is not a multiple of {self.stride}; pad it "
@@ -278,14 +293,16 @@ class StereoNet(nn.Module):
         both = self.encoder(normalize_image(torch.cat([left, right], 0)))
         (l1, r1), (l2, r2), (l4, r4) = (f.chunk(2, 0) for f in both)
         volume = group_correlation_volume(l4, r4, self.volume_depth, self.groups)
-        d4 = soft_argmin(self.aggregation(volume))  # 1/4 px
+        cost = self.aggregation(volume)
+        d4 = soft_argmin(cost, None if self.training else self.argmin_radius)  # 1/4 px
         d2, hidden = self.refine_half(l2, r2, self.up_quarter(d4, l4))  # 1/2 px
         d1 = self.up_half(d2, hidden)
         if self.refine_full is not None:
             d1, _ = self.refine_full(l1, r1, d1)
         full = (h, w)
-        return [F.interpolate(d4 * 4, size=full, mode="bilinear", align_corners=False),
-                F.interpolate(d2 * 2, size=full, mode="bilinear", align_corners=False), d1]
+        disparities = [F.interpolate(d4 * 4, size=full, mode="bilinear", align_corners=False),
+                       F.interpolate(d2 * 2, size=full, mode="bilinear", align_corners=False), d1]
+        return (disparities, cost) if with_cost else disparities
 
 
 class StereoInference(nn.Module):
