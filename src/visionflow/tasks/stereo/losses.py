@@ -60,8 +60,8 @@ def volume_distribution_loss(cost: torch.Tensor, target: torch.Tensor, max_dispa
     steps = torch.arange(cost.shape[1], dtype=cost.dtype, device=cost.device).view(1, -1, 1, 1)
     truth = torch.where(valid, sampled, torch.zeros_like(sampled)) / 4
     wanted = F.softmax(-(steps - truth).abs() / spread, dim=1)
-    cross_entropy = -(wanted * F.log_softmax(-cost, dim=1)).sum(1, keepdim=True)
-    return cross_entropy[valid].mean()
+    cross_entropy = F.cross_entropy(-cost, wanted, reduction="none")  # (N, h, w)
+    return cross_entropy[valid[:, 0]].mean()
 
 
 def photometric_error(left: torch.Tensor, reconstructed: torch.Tensor, ssim_weight: float = 0.85

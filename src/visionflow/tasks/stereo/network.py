@@ -117,12 +117,11 @@ def soft_argmin(cost: torch.Tensor, radius: int | None = None) -> torch.Tensor:
     second mode (the background behind a depth edge, a repeated texture) does not pull the
     estimate to a value between the two that neither surface has.
     """
+    candidates = torch.arange(cost.shape[1], dtype=cost.dtype, device=cost.device).view(1, -1, 1, 1)
     if radius is not None:
-        steps = torch.arange(cost.shape[1], device=cost.device).view(1, -1, 1, 1)
-        far = (steps - cost.argmin(1, keepdim=True)).abs() > radius
+        far = (candidates - cost.argmin(1, keepdim=True)).abs() > radius
         cost = cost.masked_fill(far, float("inf"))
     probability = F.softmax(-cost, dim=1)
-    candidates = torch.arange(cost.shape[1], dtype=cost.dtype, device=cost.device).view(1, -1, 1, 1)
     return (probability * candidates).sum(1, keepdim=True)
 
 
