@@ -38,18 +38,17 @@ def test_soft_argmin_within_a_radius_ignores_a_distant_second_minimum():
     assert everything > near_best + 2  # pulled towards the second minimum, where neither surface is
 
 
-def test_the_argmin_radius_applies_in_eval_mode_only():
+def test_the_refinement_starts_from_the_best_peak_and_the_quarter_estimate_weighs_all():
     torch.manual_seed(0)
     nets = [StereoNet(max_disparity=16, channels=(4, 8, 8), groups=4, aggregation_channels=4,
                       refine_channels=(4, 0), argmin_radius=radius) for radius in (0, None)]
     nets[1].load_state_dict(nets[0].state_dict())
     left, right = torch.rand(2, 1, 3, 16, 32).unbind(0)
-    trained = [net.train()(left, right, with_cost=True) for net in nets]
-    assert trained[0][1].shape == (1, 16 // 4 + 2, 4, 8)  # (N, max_disparity / 4 + 2, H/4, W/4)
-    assert torch.equal(trained[0][0][-1], trained[1][0][-1])  # every candidate weighed in training
-    with torch.no_grad():
-        evaluated = [net.eval()(left, right)[-1] for net in nets]
-    assert not torch.allclose(evaluated[0], evaluated[1])
+    for train in (True, False):  # the same rule in training and at inference
+        (near, cost), (everything, _) = (net.train(train)(left, right, with_cost=True) for net in nets)
+        assert cost.shape == (1, 16 // 4 + 2, 4, 8)  # (N, max_disparity / 4 + 2, H/4, W/4)
+        assert torch.equal(near[0], everything[0])  # the supervised 1/4 entry: every candidate
+        assert not torch.allclose(near[-1], everything[-1])  # refined from the best candidate alone
 
 
 def test_volume_distribution_loss_is_least_for_the_wanted_distribution():

@@ -582,7 +582,7 @@ class StereoModelParams(Strict):
     refine_channels: tuple[int, int] = (32, 16)  # refinement at 1/2 and full resolution (0: no full-res level)
     refine_radius: int = Field(2, ge=0)  # local correlation offsets -r..r px per refinement level
     upsample: Literal["bilinear", "convex"] = "convex"  # x2 steps between levels
-    argmin_radius: int | None = Field(1, ge=0)  # inference: soft-argmin over candidates within r steps of the best
+    argmin_radius: int | None = Field(1, ge=0)  # refinement starts from the soft-argmin within r steps of the best
 
     @model_validator(mode="after")
     def _shapes(self) -> "StereoModelParams":

@@ -252,8 +252,10 @@ class StereoNet(nn.Module):
     also returns the 1/4 volume's matching cost ``(N, max_disparity / 4 + 2, H/4, W/4)``
     (candidate ``k`` is ``4 k`` px), for a loss on its distribution.
 
-    In training the soft-argmin weighs every candidate (each gets a gradient); in eval mode
-    only those within ``argmin_radius`` volume steps of the lowest cost (``None``: all).
+    The refinement starts from a soft-argmin over only the candidates within
+    ``argmin_radius`` volume steps of the lowest cost (``None``: all), in training and at
+    inference alike, so it learns to refine the estimate it is given at test time; the 1/4
+    entry, which is only supervised, weighs every candidate so each gets a gradient.
     """
 
     stride = 8  # H and W must be multiples of this (a 1/4 volume with a stride-2 hourglass)
@@ -293,8 +295,11 @@ class StereoNet(nn.Module):
         (l1, r1), (l2, r2), (l4, r4) = (f.chunk(2, 0) for f in both)
         volume = group_correlation_volume(l4, r4, self.volume_depth, self.groups)
         cost = self.aggregation(volume)
-        d4 = soft_argmin(cost, None if self.training else self.argmin_radius)  # 1/4 px
-        d2, hidden = self.refine_half(l2, r2, self.up_quarter(d4, l4))  # 1/2 px
+        # 1/4 px. The refinement starts from the best candidate's peak; the supervised 1/4
+        # estimate weighs every candidate, so each gets a gradient.
+        start = soft_argmin(cost, self.argmin_radius)
+        d4 = soft_argmin(cost) if self.argmin_radius is not None else start
+        d2, hidden = self.refine_half(l2, r2, self.up_quarter(start, l4))  # 1/2 px
         d1 = self.up_half(d2, hidden)
         if self.refine_full is not None:
             d1, _ = self.refine_full(l1, r1, d1)
