@@ -38,12 +38,11 @@ def main() -> int:
     args = parser.parse_args()
 
     import cv2
-    import torch
 
     from visionflow.config import load_params
     from visionflow.data.stereo import find_pairs, read_pair
     from visionflow.tasks import get_task
-    from visionflow.tasks.stereo.evaluate import fill_invalid_disparity, pair_range, pair_tensor, sgbm_disparity
+    from visionflow.tasks.stereo.evaluate import dense_sgbm, pair_range, pair_tensor, sgbm_disparity
     from visionflow.tasks.stereo.network import StereoInference, infer_disparity
 
     params = load_params(args.params).task("stereo")
@@ -53,9 +52,8 @@ def main() -> int:
         write_motorcycle(Path(tmp), 1)
         pair = read_pair(find_pairs(Path(tmp), "real")[0])
     search = pair_range(pair)
-    with torch.no_grad():
-        net = infer_disparity(model, pair_tensor(pair.left, pair.right), float(module.max_disparity), search)
-    sgbm = fill_invalid_disparity(sgbm_disparity(pair.left, pair.right, search, params.evaluate.sgbm))
+    net = infer_disparity(model, pair_tensor(pair.left, pair.right), float(module.max_disparity), search)
+    sgbm = dense_sgbm(sgbm_disparity(pair.left, pair.right, search, params.evaluate.sgbm), params.evaluate.sgbm)
     valid = np.isfinite(pair.disparity)
     wrong = {"net": np.abs(net[0, 0].numpy() - pair.disparity) > 1,
              "sgbm": np.abs(sgbm - pair.disparity) > 1}

@@ -83,6 +83,13 @@ def fill_invalid_disparity(disparity: np.ndarray) -> np.ndarray:
     return filled
 
 
+def dense_sgbm(disparity: np.ndarray, params: SgbmParams) -> np.ndarray:
+    """SGBM's map as scored: invalid pixels filled along rows (``fill_invalid``) or else set to 0."""
+    if params.fill_invalid:
+        return fill_invalid_disparity(disparity)
+    return np.where(np.isfinite(disparity), disparity, 0.0)
+
+
 def pair_range(pair: StereoPair) -> float:
     """The disparity range both methods search: ``ndisp`` if the dataset gives it, else the max truth."""
     if pair.max_disparity:
@@ -144,8 +151,7 @@ def evaluate_split(model: torch.nn.Module, trained_max: float, root: Path, split
         for (record, pair), net in zip(batch, predictions):
             started = time.perf_counter()
             sgbm_raw = sgbm_disparity(pair.left, pair.right, search, params.evaluate.sgbm)
-            sgbm = fill_invalid_disparity(sgbm_raw) if params.evaluate.sgbm.fill_invalid else \
-                np.where(np.isfinite(sgbm_raw), sgbm_raw, 0.0)
+            sgbm = dense_sgbm(sgbm_raw, params.evaluate.sgbm)
             seconds["sgbm"] += time.perf_counter() - started
             densities.append(float(np.isfinite(sgbm_raw).mean()))
             has_noc &= pair.nonoccluded is not None
