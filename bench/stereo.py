@@ -79,8 +79,9 @@ def write_aloe(root: Path, factor: int) -> None:
     """
     import cv2
 
-    left, right = (cv2.cvtColor(cv2.imread(str(ALOE / name)), cv2.COLOR_BGR2RGB)
-                   for name in ("aloeL.jpg", "aloeR.jpg"))
+    from visionflow.data.images import read_rgb
+
+    left, right = read_rgb(ALOE / "aloeL.jpg"), read_rgb(ALOE / "aloeR.jpg")
     truth = cv2.imread(str(ALOE / "aloeGT.png"), cv2.IMREAD_UNCHANGED).astype(np.float32)
     write_pair(root / "real" / "aloe", left, right, np.where(truth > 0, truth, np.inf), factor, ALOE_NDISP)
 
