@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.stereo import find_pairs, read_pair
-from visionflow.data.synth.stereo import (Layer, StereoSceneSpec, render_layers, render_scene, scene_rng,
-                                          write_stereo_dataset)
+from visionflow.data.synth.stereo import (Layer, StereoSceneSpec, build_layers, render_layers, render_scene,
+                                          scene_rng, write_stereo_dataset)
 from visionflow.tasks.stereo.network import warp_right_to_left
 
 TINY = StereoSceneSpec(height=32, width=64, max_disparity=16.0, supersample=1)
@@ -85,3 +86,28 @@ def test_warping_the_right_image_by_the_truth_reproduces_the_left(index):
     shifted = _warp_error(scene, scene.disparity + 1.5, scene.nonoccluded)
     assert visible < 0.03
     assert visible < shifted / 3
+
+
+def test_leaves_are_narrow_long_and_in_front_of_the_background():
+    """Scenes of a background and leaves only: every leaf is at most 12 px wide (inscribed
+    radius <= 6 px) and several times longer than wide, and where the left view sees it, it is
+    nearer than the background."""
+    spec = replace(StereoSceneSpec(), min_objects=0, max_objects=0, max_thin=0, ground_probability=0.0,
+                   max_leaves=6)
+    ys, xs = np.mgrid[-200:300, -200:360].astype(np.float64)  # the frame and far around it
+    leaves, scenes_with_leaves = 0, 0
+    for index in range(8):
+        rng = scene_rng(3, "train", index)
+        layers = build_layers(spec, rng)
+        scene = render_layers(layers, spec, rng)
+        for leaf in range(1, len(layers)):
+            leaves += 1
+            shape = np.pad(layers[leaf].inside(xs, ys), 1).astype(np.uint8)
+            radius = cv2.distanceTransform(shape, cv2.DIST_L2, 5).max()
+            assert 0.5 <= radius <= 6.5
+            assert shape.sum() > 8 * radius ** 2  # a strip, not a blob
+            seen = scene.layer_ids == leaf
+            front = layers[leaf].disparity(*np.nonzero(seen)[::-1]) - layers[0].disparity(*np.nonzero(seen)[::-1])
+            assert (front > 0).all()
+        scenes_with_leaves += bool((scene.layer_ids > 0).any())
+    assert leaves >= 16 and scenes_with_leaves >= 6

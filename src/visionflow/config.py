@@ -506,6 +506,7 @@ class StereoSynthParams(Strict):
     min_objects: int = Field(2, ge=0)
     max_objects: int = Field(7, ge=0)
     max_thin: int = Field(3, ge=0)
+    max_leaves: int = Field(8, ge=0)
     slant: float = Field(0.25, ge=0, lt=0.9)
     ground_probability: float = Field(0.4, ge=0, le=1)
     texture_weights: dict[Literal["dead_leaves", "pink_noise", "leaves_noise", "grating", "uniform", "photo"],

@@ -18,7 +18,8 @@ Images are rendered ``supersample`` x finer and area-averaged (anti-aliased
 edges, partial coverage of thin structures, like a real sensor); ground truth is
 evaluated exactly at pixel centres. Layers: a slanted background plane, an
 optional ground plane, objects (convex polygons, smooth blobs, rings with
-see-through holes), thin bars. Textures are procedural and natural-image-like
+see-through holes), thin bars, and leaves: narrow, pointed, bent strips in front of
+the background (the thin near structures a cost volume matches to what lies behind). Textures are procedural and natural-image-like
 (:mod:`visionflow.data.synth.textures`); shading is Lambertian (the same surface
 point has the same colour in both views) except for optional specular highlights
 that move differently from the surface; each camera has its own exposure,
@@ -55,6 +56,7 @@ class StereoSceneSpec:
     min_objects: int = 2
     max_objects: int = 7
     max_thin: int = 3  # thin bars (1-3 px wide) per scene, at most
+    max_leaves: int = 8  # narrow tapered, bent strips (3-12 px wide) in front, per scene, at most
     slant: float = 0.25  # max |dd/dx|, |dd/dy| of a plane (px of disparity per px)
     ground_probability: float = 0.4
     texture_weights: dict[str, float] = field(default_factory=lambda: {
@@ -171,6 +173,29 @@ def _bar(rng: np.random.Generator, width: int, height: int):
     return inside
 
 
+def _leaf(rng: np.random.Generator, width: int, height: int):
+    """A narrow strip, pointed at both ends and bent: a leaf, stem, spoke or cable.
+
+    Up to 12 px wide and 20-90 % of the frame long: narrower than a few 1/4-resolution cells,
+    which is where a cost volume tends to match the background seen around it.
+    """
+    x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
+    angle = rng.uniform(0, np.pi)
+    length = rng.uniform(0.2, 0.9) * max(width, height)
+    half_width = np.exp(rng.uniform(np.log(1.5), np.log(6.0)))
+    taper = rng.uniform(0.3, 1.0)  # profile (1 - (2 t)^2)^taper along t in [-1/2, 1/2]
+    bend = rng.uniform(-0.6, 0.6) / length  # the tips leave the chord by up to 15 % of the length
+    ux, uy = np.cos(angle), np.sin(angle)
+
+    def inside(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        along = (x - x0) * ux + (y - y0) * uy
+        across = -(x - x0) * uy + (y - y0) * ux - bend * along ** 2
+        t = np.clip(2 * along / length, -1.0, 1.0)
+        return (np.abs(along) <= length / 2) & (np.abs(across) <= half_width * (1 - t ** 2) ** taper)
+
+    return inside, (x0, y0, length / 2)
+
+
 def _everywhere(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.ones(np.broadcast(x, y).shape, bool)
 
@@ -271,6 +296,14 @@ def build_layers(spec: StereoSceneSpec, rng: np.random.Generator) -> list[Layer]
         a, b, c = _fit_plane(rng, d, width / 2, height / 2, max(width, height) / 2, spec.slant * 0.3,
                              0.0, spec.max_disparity)
         layers.append(Layer(a, b, c, _bar(rng, width, height), tex, scale, origin, shading()))
+
+    for _ in range(int(rng.integers(0, spec.max_leaves + 1))):
+        inside, (cx, cy, reach) = _leaf(rng, width, height)
+        behind = min(float(background_at(np.float64(cx), np.float64(cy))), scene_max)
+        a, b, c = _fit_plane(rng, rng.uniform(behind, scene_max), cx, cy, reach, spec.slant, 0.0,
+                             spec.max_disparity)
+        tex, scale, origin = texture_for(width, height)
+        layers.append(Layer(a, b, c, inside, tex, scale, origin, shading()))
     return layers
 
 
