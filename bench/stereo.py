@@ -82,7 +82,11 @@ def write_aloe(root: Path, factor: int) -> None:
     from visionflow.data.images import read_rgb
 
     left, right = read_rgb(ALOE / "aloeL.jpg"), read_rgb(ALOE / "aloeR.jpg")
-    truth = cv2.imread(str(ALOE / "aloeGT.png"), cv2.IMREAD_UNCHANGED).astype(np.float32)
+    truth_file = ALOE / "aloeGT.png"
+    truth = cv2.imread(str(truth_file), cv2.IMREAD_UNCHANGED)
+    if truth is None or truth.ndim != 2:
+        raise ValueError(f"{truth_file}: missing, unreadable or not a one-channel disparity image")
+    truth = truth.astype(np.float32)
     write_pair(root / "real" / "aloe", left, right, np.where(truth > 0, truth, np.inf), factor, ALOE_NDISP)
 
 
