@@ -18,8 +18,9 @@ Images are rendered ``supersample`` x finer and area-averaged (anti-aliased
 edges, partial coverage of thin structures, like a real sensor); ground truth is
 evaluated exactly at pixel centres. Layers: a slanted background plane, an
 optional ground plane, objects (convex polygons, smooth blobs, rings with
-see-through holes), thin bars, and leaves: narrow, pointed, bent strips in front of
-the background (the thin near structures a cost volume matches to what lies behind). Textures are procedural and natural-image-like
+see-through holes), thin bars, and leaves: narrow, pointed, bent strips in front
+of the background (the thin near structures a cost volume matches to what lies
+behind). Textures are procedural and natural-image-like
 (:mod:`visionflow.data.synth.textures`); shading is Lambertian (the same surface
 point has the same colour in both views) except for optional specular highlights
 that move differently from the surface; each camera has its own exposure,
@@ -158,33 +159,10 @@ def _blob(rng: np.random.Generator, cx: float, cy: float, radius: float, hole: b
     return inside
 
 
-def _bar(rng: np.random.Generator, width: int, height: int):
-    x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
-    angle = rng.uniform(0, np.pi)
-    length = rng.uniform(0.3, 1.0) * max(width, height)
-    half_width = rng.uniform(0.35, 1.5)
-    ux, uy = np.cos(angle), np.sin(angle)
-
-    def inside(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        along = (x - x0) * ux + (y - y0) * uy
-        across = -(x - x0) * uy + (y - y0) * ux
-        return (np.abs(across) <= half_width) & (np.abs(along) <= length / 2)
-
-    return inside
-
-
-def _leaf(rng: np.random.Generator, width: int, height: int):
-    """A narrow strip, pointed at both ends and bent: a leaf, stem, spoke or cable.
-
-    Up to 12 px wide and 20-90 % of the frame long: narrower than a few 1/4-resolution cells,
-    which is where a cost volume tends to match the background seen around it.
-    """
-    x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
-    angle = rng.uniform(0, np.pi)
-    length = rng.uniform(0.2, 0.9) * max(width, height)
-    half_width = np.exp(rng.uniform(np.log(1.5), np.log(6.0)))
-    taper = rng.uniform(0.3, 1.0)  # profile (1 - (2 t)^2)^taper along t in [-1/2, 1/2]
-    bend = rng.uniform(-0.6, 0.6) / length  # the tips leave the chord by up to 15 % of the length
+def _strip(x0: float, y0: float, angle: float, length: float, half_width: float, taper: float = 0.0,
+           bend: float = 0.0):
+    """A strip along a (bent) chord through ``(x0, y0)``: half-width ``half_width * (1 - (2 t)^2)^taper``
+    at ``t`` in [-1/2, 1/2] along it (taper 0: straight sides), the chord bent by ``bend * along^2``."""
     ux, uy = np.cos(angle), np.sin(angle)
 
     def inside(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -193,7 +171,31 @@ def _leaf(rng: np.random.Generator, width: int, height: int):
         t = np.clip(2 * along / length, -1.0, 1.0)
         return (np.abs(along) <= length / 2) & (np.abs(across) <= half_width * (1 - t ** 2) ** taper)
 
-    return inside, (x0, y0, length / 2)
+    return inside
+
+
+def _bar(rng: np.random.Generator, width: int, height: int):
+    """A straight thin bar, 1-3 px wide."""
+    x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
+    angle = rng.uniform(0, np.pi)
+    length = rng.uniform(0.3, 1.0) * max(width, height)
+    return _strip(x0, y0, angle, length, half_width=rng.uniform(0.35, 1.5))
+
+
+def _leaf(rng: np.random.Generator, width: int, height: int):
+    """A narrow strip, pointed at both ends and bent: a leaf, stem, spoke or cable.
+
+    Up to 12 px wide and 20-90 % of the frame long: narrower than a few 1/4-resolution cells,
+    which is where a cost volume tends to match the background seen around it. Returns the
+    shape and ``(x0, y0, reach)``: its centre and how far it extends from it.
+    """
+    x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
+    angle = rng.uniform(0, np.pi)
+    length = rng.uniform(0.2, 0.9) * max(width, height)
+    half_width = np.exp(rng.uniform(np.log(1.5), np.log(6.0)))
+    taper = rng.uniform(0.3, 1.0)
+    bend = rng.uniform(-0.6, 0.6) / length  # the tips leave the chord by up to 15 % of the length
+    return _strip(x0, y0, angle, length, half_width, taper, bend), (x0, y0, length / 2)
 
 
 def _everywhere(x: np.ndarray, y: np.ndarray) -> np.ndarray:
