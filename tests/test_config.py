@@ -171,6 +171,17 @@ def test_synthesize_code_deps_cover_the_generator(task):
     assert _uncovered({defined_in, *generator}, _code_deps("synthesize", task)) == []
 
 
+@pytest.mark.parametrize("stage", ["acquire", "pretrained", *TASK_STAGES])
+def test_stage_code_deps_cover_the_stage_module(stage):
+    """``stages/<stage>.py`` writes what the stage leaves behind (the synthetic manifest, the
+    metrics file, the registration record), so editing it, or what it imports, reruns the stage."""
+    module = PACKAGE_ROOT / "stages" / f"{stage}.py"
+    for task in TASK_FAMILIES if stage in TASK_STAGES else [""]:
+        deps = _code_deps(stage, task)
+        assert module in deps, (stage, task)
+        assert _uncovered(_reach({module}), deps) == [], (stage, task)
+
+
 def test_acquire_code_deps_cover_what_it_imports():
     assert _uncovered(_reach({PACKAGE_ROOT / "data" / "acquire.py"}), _code_deps("acquire", "")) == []
 
