@@ -1,11 +1,12 @@
 """Where every stage reads and writes, relative to the project root.
 
 The one place paths are spelled in code; ``dvc.yaml`` spells them again for DVC,
-and ``tests/test_dvc_yaml.py`` checks that both agree.
+and ``tests/test_config.py`` checks that both agree.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +104,10 @@ class TaskPaths:
     def train_scratch(self) -> Path:
         """Resumable checkpoints of unfinished runs, keyed by a hash of what they depend on."""
         return self.root / SCRATCH_DIR / "train" / self.task
+
+
+def read_stage_json(path: Path, produced_by: str) -> dict:
+    """A JSON file an earlier stage wrote; missing: an error naming the command that writes it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run `visionflow {produced_by}` first")
+    return json.loads(path.read_text())

@@ -1,7 +1,7 @@
 """Pipeline stages: each is ``visionflow <stage> [--task T]`` and one function here.
 
 ``STAGE_PARAMS`` lists the params keys each stage reads; ``dvc.yaml`` declares
-exactly these (``tests/test_dvc_yaml.py`` keeps the two in step), so a changed
+exactly these (``tests/test_config.py`` keeps the two in step), so a changed
 key reruns only the stages that read it.
 """
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from visionflow.config import Params
-from visionflow.paths import TaskPaths
+from visionflow.paths import TaskPaths, read_stage_json
 from visionflow.tasks import get_task
 from visionflow.tasks.base import EvalOutputs
 from visionflow.tracking import StageRun, log_artifacts, log_metrics, stage_run
@@ -22,15 +22,9 @@ def pick_device(accelerator: str):
     return torch.device("cpu")
 
 
-def read_json(path: Path, produced_by: str) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run `visionflow {produced_by}` first")
-    return json.loads(path.read_text())
-
-
 def run(params: Params, task: str, root: Path) -> dict:
     family, section, paths = get_task(task), params.task(task), TaskPaths(task, root)
-    train_summary = read_json(paths.train_summary, f"train --task {task}")
+    train_summary = read_stage_json(paths.train_summary, f"train --task {task}")
     module = family.load_module(paths.best_checkpoint)
     out = EvalOutputs(plots_dir=paths.eval_plots, reports_dir=paths.eval_reports, project_root=root)
     metrics = family.evaluate(section, module, paths.data_root(section.data.source), out,

@@ -6,16 +6,15 @@ import json
 from pathlib import Path
 
 from visionflow.config import Params
-from visionflow.paths import TaskPaths
-from visionflow.stages.evaluate import read_json
+from visionflow.paths import TaskPaths, read_stage_json
 from visionflow.tasks import get_task
 from visionflow.tracking import StageRun, log_pytorch_model, register_model, stage_run
 
 
 def run(params: Params, task: str, root: Path) -> dict:
     family, section, paths = get_task(task), params.task(task), TaskPaths(task, root)
-    metrics = read_json(paths.metrics, f"evaluate --task {task}")
-    train_summary = read_json(paths.train_summary, f"train --task {task}")
+    metrics = read_stage_json(paths.metrics, f"evaluate --task {task}")
+    train_summary = read_stage_json(paths.train_summary, f"train --task {task}")
     exported = family.export(family.load_module(paths.best_checkpoint),
                              paths.data_root(section.data.source))
     stage = StageRun(task, "register", {f"{task}.register": section.registry})
