@@ -13,9 +13,10 @@ from visionflow.tasks import get_task
 from visionflow.tracking import StageRun, log_metrics, stage_run
 
 
-def run(params: Params, task: str, root: Path, progress: bool = True) -> dict:
+def run(params: Params, task: str, root: Path, progress: bool = True, workers: int | None = None) -> dict:
+    """``workers``: render processes (None: every core); the files do not depend on it."""
     family, section, paths = get_task(task), params.task(task), TaskPaths(task, root)
-    counts = family.synthesize(section, paths.synthetic, progress=progress)
+    counts = family.synthesize(section, paths.synthetic, progress=progress, workers=workers)
     write_manifest(paths.synthetic, paths.synthetic_manifest)
     with stage_run(StageRun(task, "synthesize", {f"{task}.synth": section.synth}), params.tracking, root):
         log_metrics(counts)

@@ -57,8 +57,10 @@ class TaskFamily(ABC):
     monitor_mode: ClassVar[str] = "max"
 
     @abstractmethod
-    def synthesize(self, params: Any, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-        """Write the family's synthetic dataset into ``out_dir``; return counts."""
+    def synthesize(self, params: Any, out_dir: Path, progress: bool = True,
+                   workers: int | None = None) -> dict[str, Any]:
+        """Write the family's synthetic dataset into ``out_dir`` with ``workers`` render processes
+        (None: every core; the files must not depend on it); return counts."""
 
     @abstractmethod
     def augment_preview(self, params: Any, data_root: Path, preview_png: Path) -> dict[str, Any]:

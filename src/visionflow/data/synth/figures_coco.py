@@ -53,9 +53,10 @@ def figure_annotations(scene: FigureScene, image_id: int, first_annotation_id: i
 
 
 def write_figures_coco(out_dir: str | Path, spec: FigureSceneSpec, splits: Mapping[str, int], seed: int,
-                       progress: bool = True) -> dict[str, dict[str, int]]:
+                       progress: bool = True, workers: int | None = None) -> dict[str, dict[str, int]]:
     """Render every split into ``out_dir`` (replaced atomically); returns counts per split."""
     return write_coco_scenes(out_dir, splits, seed, spec.image_size, [keypoint_category(FIGURES[spec.figure])],
                              lambda rng: render_figure_scene(rng, spec), figure_annotations, progress,
                              lambda annotations: {"labelled_keypoints": sum(a["num_keypoints"]
-                                                                            for a in annotations)})
+                                                                            for a in annotations)},
+                             workers=workers)

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from visionflow.data.coco import dump_json
 from visionflow.data.images import write_png
+from visionflow.data.synth.parallel import map_scenes
 from visionflow.data.synth.shapes import Scene, ShapesSceneSpec, render_scene, scene_rng
 from visionflow.data.synth.shapes_coco import scene_annotations
 
@@ -49,47 +49,58 @@ def render(spec: ShapesSceneSpec, background: str, seed: int, split: str, index:
 
 
 def write_selfsup_dataset(out_dir: str | Path, spec: ShapesSceneSpec, splits: dict[str, int], seed: int,
-                          background: str = "plain", progress: bool = True) -> dict[str, Any]:
-    """Render the unlabelled, probe and segmentation sets into ``out_dir`` (replaced atomically)."""
+                          background: str = "plain", progress: bool = True,
+                          workers: int | None = None) -> dict[str, Any]:
+    """Render the unlabelled, probe and segmentation sets into ``out_dir`` (replaced atomically),
+    by ``workers`` processes (None: every core; the files are the same for any count)."""
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     single = ShapesSceneSpec(**{**spec.__dict__, "min_objects": 1, "max_objects": 1, "empty_fraction": 0.0})
+
+    def render_and_write(job: tuple[str, int]) -> Any:
+        """unlabelled: None; probe_<split>: the object's class; segmentation_<split>: annotations."""
+        split, index = job
+        if split == "unlabelled":
+            write_png(staging / "unlabelled" / f"{index:06d}.png", render(spec, background, seed, split, index).image)
+            return None
+        if split.startswith("probe_"):
+            scene = render(single, background, seed, split, index)
+            if len(scene.instances) != 1:  # the renderer could not place the object
+                raise RuntimeError(f"probe scene {split.removeprefix('probe_')}/{index}: expected one object, "
+                                   f"got {len(scene.instances)}; widen the radius range")
+            name = spec.classes[scene.instances[0].category_index]
+            write_png(staging / "probe" / split.removeprefix("probe_") / name / f"{index:06d}.png", scene.image)
+            return name
+        scene = render(spec, background, seed, split, index)
+        write_png(staging / "segmentation" / f"images/{split.removeprefix('segmentation_')}/{index:06d}.png",
+                  scene.image)
+        return scene_annotations(scene, index + 1, 1)  # ids renumbered across the split below
+
+    order = ["unlabelled", "probe_train", "probe_test", "segmentation_train", "segmentation_test"]
+    jobs = [(split, index) for split in order for index in range(splits.get(split, 0))]
+    per_scene = iter(map_scenes(render_and_write, jobs, workers, "synthesize selfsup", progress))
     counts: dict[str, Any] = {}
-    with tqdm(total=sum(splits.values()), desc="synthesize selfsup", disable=not progress,
-              unit="img") as bar:
-        for index in range(splits.get("unlabelled", 0)):
-            write_png(staging / "unlabelled" / f"{index:06d}.png",
-                      render(spec, background, seed, "unlabelled", index).image)
-            bar.update()
-        counts["train"] = {"images": splits.get("unlabelled", 0)}  # pretraining: unlabelled images
-        for split in ("train", "test"):
-            per_class = dict.fromkeys(spec.classes, 0)
-            for index in range(splits.get(f"probe_{split}", 0)):
-                scene = render(single, background, seed, f"probe_{split}", index)
-                if len(scene.instances) != 1:  # the renderer could not place the object
-                    raise RuntimeError(f"probe scene {split}/{index}: expected one object, got "
-                                       f"{len(scene.instances)}; widen the radius range")
-                name = spec.classes[scene.instances[0].category_index]
-                write_png(staging / "probe" / split / name / f"{index:06d}.png", scene.image)
-                per_class[name] += 1
-                bar.update()
-            counts[f"probe_{split}"] = per_class
-        categories = [{"id": i + 1, "name": name, "supercategory": "shape"}
-                      for i, name in enumerate(spec.classes)]
-        for split in ("train", "test"):
-            images, annotations = [], []
-            for index in range(splits.get(f"segmentation_{split}", 0)):
-                scene = render(spec, background, seed, f"segmentation_{split}", index)
-                file_name = f"images/{split}/{index:06d}.png"
-                write_png(staging / "segmentation" / file_name, scene.image)
-                images.append({"id": index + 1, "file_name": file_name,
-                               "width": spec.image_size, "height": spec.image_size})
-                annotations += scene_annotations(scene, index + 1, len(annotations) + 1)
-                bar.update()
-            dump_json(staging / "segmentation" / f"{split}.json",
-                      {"images": images, "annotations": annotations, "categories": categories})
-            counts[f"segmentation_{split}"] = {"images": len(images), "annotations": len(annotations)}
+    for _ in range(splits.get("unlabelled", 0)):
+        next(per_scene)
+    counts["train"] = {"images": splits.get("unlabelled", 0)}  # pretraining: unlabelled images
+    for split in ("train", "test"):
+        per_class = dict.fromkeys(spec.classes, 0)
+        for _ in range(splits.get(f"probe_{split}", 0)):
+            per_class[next(per_scene)] += 1
+        counts[f"probe_{split}"] = per_class
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"}
+                  for i, name in enumerate(spec.classes)]
+    for split in ("train", "test"):
+        images, annotations = [], []
+        for index in range(splits.get(f"segmentation_{split}", 0)):
+            images.append({"id": index + 1, "file_name": f"images/{split}/{index:06d}.png",
+                           "width": spec.image_size, "height": spec.image_size})
+            for annotation in next(per_scene):
+                annotations.append({**annotation, "id": len(annotations) + 1})
+        dump_json(staging / "segmentation" / f"{split}.json",
+                  {"images": images, "annotations": annotations, "categories": categories})
+        counts[f"segmentation_{split}"] = {"images": len(images), "annotations": len(annotations)}
     dump_json(staging / INDEX_FILE, {"classes": list(spec.classes), "image_size": spec.image_size,
                                      "background": background, "seed": seed, "counts": counts})
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -39,11 +39,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from visionflow.data.disparity import write_pfm
 from visionflow.data.images import write_png
 from visionflow.data.stereo import NONOCC_OCCLUDED, NONOCC_VISIBLE
+from visionflow.data.synth.parallel import map_scenes
 from visionflow.data.synth.textures import make_texture
 
 SPLIT_ORDER = ("train", "val", "test")
@@ -428,10 +428,11 @@ def _render_and_write(job: tuple) -> tuple[str, float, float]:
 
 
 def write_stereo_dataset(out_dir: Path, spec: StereoSceneSpec, splits: dict[str, int], seed: int,
-                         progress: bool = True, workers: int = 1) -> dict[str, dict]:
+                         progress: bool = True, workers: int | None = None) -> dict[str, dict]:
     """Render every split into ``out_dir/<split>/<scene>/``; write ``index.json``; return counts.
 
-    The output is byte-identical for the same spec and seed (whatever ``workers`` is).
+    The output is byte-identical for the same spec and seed, whatever ``workers`` (render
+    processes; None: every core) is.
     """
     import shutil
 
@@ -439,15 +440,7 @@ def write_stereo_dataset(out_dir: Path, spec: StereoSceneSpec, splits: dict[str,
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     jobs = [(str(out_dir), split, i, seed, spec) for split in splits for i in range(splits[split])]
-    if workers > 1:
-        from multiprocessing import get_context
-
-        with get_context("fork").Pool(workers) as pool:
-            results = list(tqdm(pool.imap(_render_and_write, jobs, chunksize=8), total=len(jobs),
-                                desc="synthesize stereo", disable=not progress))
-    else:
-        results = [_render_and_write(job) for job in tqdm(jobs, desc="synthesize stereo",
-                                                          disable=not progress)]
+    results = map_scenes(_render_and_write, jobs, workers, "synthesize stereo", progress)
     counts: dict[str, dict] = {}
     index: dict[str, list[str]] = {}
     offset = 0
