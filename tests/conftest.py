@@ -25,7 +25,7 @@ TINY_OVERRIDES = {
     },
     "stereo": {
         "synth": {"splits": {"train": 8, "val": 2, "test": 2}, "height": 32, "width": 64,
-                  "max_disparity": 16.0, "supersample": 1, "workers": 1},
+                  "max_disparity": 16.0, "supersample": 1},
         "augment": {"crop": [32, 48]},
         "model": {"max_disparity": 16, "channels": [4, 8, 8], "groups": 4, "aggregation_channels": 4,
                   "refine_channels": [4, 4]},

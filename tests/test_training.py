@@ -92,3 +92,39 @@ def test_non_finite_loss_stops_with_the_loss_values(setup):
     params = params.model_copy(update={"train": params.train.model_copy(update={"lr": 1e30})})
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss .*'cross_entropy'"):
         train_task(family, params, all_params.trainer, all_params.tracking, paths)
+
+
+class InterruptMidEpoch(Callback):
+    """Simulates ``kill -9`` in the middle of ``epoch``: raises after its first batch."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == 0:
+            raise Interrupt(f"killed in epoch {self.epoch}")
+
+
+def test_a_run_resumed_mid_epoch_ends_with_the_uninterrupted_weights(setup):
+    family, params, all_params, paths = setup
+    with pytest.raises(Interrupt):
+        train_task(family, params, all_params.trainer, all_params.tracking, paths,
+                   extra_callbacks=[InterruptMidEpoch(1)])
+    resumed = train_task(family, params, all_params.trainer, all_params.tracking, paths)
+    assert resumed["resumed_from"] is not None
+    resumed_weights = weights(paths.last_checkpoint)
+    uninterrupted = train_task(family, params, all_params.trainer, all_params.tracking, paths)
+    assert uninterrupted["resumed_from"] is None
+    for name, value in weights(paths.last_checkpoint).items():
+        assert torch.equal(value, resumed_weights[name]), name
+
+
+def test_loader_processes_change_no_weight(setup):
+    family, params, all_params, paths = setup
+    train_task(family, params, all_params.trainer, all_params.tracking, paths)
+    in_process = weights(paths.last_checkpoint)
+    two_workers = all_params.trainer.model_copy(update={"num_workers": 2})
+    summary = train_task(family, params, two_workers, all_params.tracking, paths)
+    assert summary["runtime"]["num_workers"] == 2
+    for name, value in weights(paths.last_checkpoint).items():
+        assert torch.equal(value, in_process[name]), name

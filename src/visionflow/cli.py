@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in TASK_STAGES:
         stage_parser = sub.add_parser(stage, help=STAGE_HELP[stage])
         stage_parser.add_argument("--task", required=True, help="task family, e.g. segmentation")
+        if stage == "synthesize":
+            stage_parser.add_argument("--workers", type=int, default=None, metavar="N",
+                                      help="render processes (default: every core); the files are the same "
+                                           "for any N")
     pretrained = sub.add_parser("pretrained", help=STAGE_HELP["pretrained"])
     pretrained.add_argument("--task", required=True, help="the family that starts from the backbone")
     predict = sub.add_parser("predict", help="run a trained model on your own files")
@@ -56,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     coco.add_argument("--backend", choices=("faster", "pycocotools"), default="faster",
                       help="faster-coco-eval (default) or the pycocotools reference; same numbers")
     sub.add_parser("check-params", help="validate the params file and print the enabled tasks")
+    profile = sub.add_parser("profile", help="print a profile's keys (e.g. params.gpu.yaml) as `dvc exp run` "
+                             "flags: dvc exp run $(visionflow profile params.gpu.yaml)")
+    profile.add_argument("profile", type=Path, help="a YAML file of params keys to override")
     return parser
 
 
@@ -83,6 +90,17 @@ def load_model(params, root: Path, task: str, model_ref: str):
     family, paths = get_task(task), TaskPaths(task, root)
     module = family.load_module(Path(model_ref))
     return family.export(module, paths.data_root(params.task(task).data.source)).module
+
+
+def run_profile(params_path: Path, profile: Path) -> None:
+    """Print ``-S key=value`` for each key of ``profile`` (values as compact JSON, no spaces, so
+    the shell splits them as flags); nothing else goes to stdout."""
+    from visionflow.config import profile_overrides
+
+    flags = [f"-S {key}={json.dumps(value, separators=(',', ':'))}"
+             for key, value in profile_overrides(params_path, profile).items()]
+    print(" ".join(flags))
+    return None
 
 
 def run_predict(params, root: Path, args: argparse.Namespace) -> dict:
@@ -121,7 +139,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 def dispatch(args: argparse.Namespace) -> dict:
     """Run one command; returns what it computed (printed as JSON)."""
-    from visionflow.config import load_params
+    from visionflow.config import ConfigError, load_params
 
     if args.command == "coco-eval":
         return run_coco_eval(args)
@@ -130,12 +148,18 @@ def dispatch(args: argparse.Namespace) -> dict:
     params = load_params(params_path)
     if args.command == "check-params":
         return {"tasks": params.tasks}
+    if args.command == "profile":
+        return run_profile(params_path, args.profile)
     if args.command == "predict":
         return run_predict(params, root, args)
     stage = importlib.import_module(f"visionflow.stages.{args.command}")
     if args.command == "acquire":
         return stage.run(params, root, progress=not args.no_progress)
     params.task(args.task)  # fails early, naming the task, if it is not enabled
+    if args.command == "synthesize":
+        if args.workers is not None and args.workers < 1:
+            raise ConfigError(f"--workers: must be >= 1 (got {args.workers})")
+        return stage.run(params, args.task, root, workers=args.workers)
     return stage.run(params, args.task, root)
 
 
@@ -151,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     except user_errors() as exc:
         print(f"visionflow: error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2, default=str))
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
     return 0
 
 

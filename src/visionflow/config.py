@@ -52,9 +52,10 @@ class TrainerParams(Strict):
     devices: Annotated[Any, BeforeValidator(_devices)] = "auto"  # a count, a list of ids, or "auto"
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
-    precision: Literal["32-true", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
-    deterministic: bool = True
-    num_workers: int = Field(0, ge=0)
+    # auto: 32-true on a CPU, bf16-mixed on CUDA (visionflow.runtime says what each value means)
+    precision: Literal["auto", "32-true", "16-mixed", "bf16-mixed", "64-true"] = "auto"
+    deterministic: Literal["auto", True, False] = "auto"  # auto: exact on a CPU, never raises on CUDA
+    num_workers: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"  # data loader processes
     progress_bar: bool = True
 
 
@@ -519,7 +520,6 @@ class StereoSynthParams(Strict):
     specular_probability: float = Field(0.2, ge=0, le=1)
     vignetting: float = Field(0.4, ge=0, le=1)
     supersample: int = Field(2, ge=1, le=4)
-    workers: int = Field(1, ge=1)  # render processes; the files are identical for any count
 
     @model_validator(mode="after")
     def _ranges(self) -> "StereoSynthParams":
@@ -910,6 +910,57 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(raw, str(path))
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file whose top level is a mapping; errors name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of params keys at the top level")
+    return data
+
+
+def profile_overrides(params_path: str | Path, profile_path: str | Path) -> dict[str, Any]:
+    """The leaf keys a profile (``params.gpu.yaml``) sets, as ``{"a.b.c": value}``.
+
+    Every key must already exist in ``params_path`` (a typo would otherwise be a new key that
+    nothing reads), and the merged params must validate; errors name the profile and the key.
+    Lists are leaves: a profile replaces a list whole.
+    """
+    base, overlay = read_yaml_mapping(params_path), read_yaml_mapping(profile_path)
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict, target: Any, prefix: str) -> None:
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if not isinstance(target, dict) or key not in target:
+                raise ConfigError(f"{profile_path}: {path}: not a key of {params_path}")
+            if isinstance(value, dict) and isinstance(target[key], dict):
+                walk(value, target[key], path + ".")
+            else:
+                flat[path] = value
+
+    walk(overlay, base, "")
+    parse_params(merge_overrides(base, flat), f"{params_path} + {profile_path}")
+    return flat
+
+
+def merge_overrides(params: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of raw ``params`` with dotted ``overrides`` set."""
+    merged = json.loads(json.dumps(params))
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = merged
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return merged
 
 
 def params_hash(section: Any) -> str:

@@ -152,6 +152,13 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None, prefix: str
         mlflow.log_metrics(flat, step=step)
 
 
+def set_tags(tags: Mapping[str, Any]) -> None:
+    """Tag the active run (values as strings)."""
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
 def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
     import mlflow
 

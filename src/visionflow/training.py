@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from visionflow.config import TrackingParams, TrainerParams, params_hash
+from visionflow.data.batching import derived_seed
 from visionflow.paths import TaskPaths
+from visionflow.runtime import Runtime, named_nondeterministic_ops, resolve_runtime, to_channels_last
 from visionflow.tasks.base import TaskFamily
-from visionflow.tracking import StageRun, log_artifacts, log_metrics, stage_run
+from visionflow.tracking import StageRun, log_artifacts, log_metrics, set_tags, stage_run
 from visionflow.viz import save_curves
 
 
@@ -56,6 +59,29 @@ class EpochHistory(Callback):
         self.rows = list(state_dict["rows"])
 
 
+class EpochSeeding(Callback):
+    """Seed torch's global generators from (seed, epoch) at every epoch start.
+
+    Whatever a model draws from them (dropout, random sampling in a loss) is then a
+    function of the epoch alone, so a run resumed from an epoch's checkpoint draws what
+    the uninterrupted run drew. The data's randomness is seeded per sample
+    (``data.batching.EpochSampler``).
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        torch.manual_seed(derived_seed(self.seed, trainer.current_epoch, 0x70C4))
+
+
+class ChannelsLast(Callback):
+    """Convolution weights channels-last once the model is on its device (CUDA only)."""
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        to_channels_last(module)
+
+
 def write_csv(path: Path, rows: Sequence[dict[str, float]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -75,15 +101,20 @@ def data_fingerprint(data_root: Path) -> str:
 
 
 def build_trainer(trainer: TrainerParams, max_epochs: int, scratch: Path,
-                  callbacks: Sequence[Callback]) -> L.Trainer:
+                  callbacks: Sequence[Callback], runtime: Runtime | None = None) -> L.Trainer:
+    """A Lightning ``Trainer`` from params, with ``auto`` values resolved for this machine."""
+    runtime = runtime or resolve_runtime(trainer)
+    if runtime.channels_last:
+        callbacks = [*callbacks, ChannelsLast()]
     return L.Trainer(
         max_epochs=max_epochs,
         accelerator=trainer.accelerator,
         devices=trainer.devices,
         num_nodes=trainer.num_nodes,
         strategy=trainer.strategy,
-        precision=trainer.precision,
-        deterministic=trainer.deterministic,
+        precision=runtime.precision,
+        deterministic=runtime.deterministic,
+        benchmark=runtime.benchmark,
         enable_progress_bar=trainer.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -136,8 +167,11 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
     previous_run = run_id_file.read_text().strip() if resume_from and run_id_file.is_file() else None
 
     checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=family.monitor,
-                                 mode=family.monitor_mode, save_last=True, save_top_k=1,
-                                 auto_insert_metric_name=False)
+                                 mode=family.monitor_mode, save_top_k=1, auto_insert_metric_name=False)
+    # Every epoch's end, whether or not it improved: what a resume continues from. (Lightning's
+    # save_last writes only when the best checkpoint changes, so it can lag behind the run.)
+    latest = ModelCheckpoint(dirpath=checkpoints, filename="last", monitor=None, save_top_k=1,
+                             enable_version_counter=False)
     history = EpochHistory(paths.train_curves_csv)
     logged: dict[str, Any] = {family.name: params, "trainer": trainer_params}
     if backbone_hash:
@@ -145,15 +179,20 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
     stage = StageRun(family.name, "train", logged)
     run_context = stage_run(stage, tracking, paths.root, resume_run_id=previous_run) if primary \
         else nullcontext()
-    with run_context as run:
+    runtime = resolve_runtime(trainer_params)
+    with run_context as run, named_nondeterministic_ops() as nondeterministic_ops:
         if primary:
             run_id_file.write_text(run.info.run_id)
+            set_tags({f"runtime.{k}": v for k, v in vars(runtime).items()})
         trainer = build_trainer(trainer_params, params.train.epochs, scratch,
-                                [checkpoint, history, *extra_callbacks])
+                                [checkpoint, latest, history, EpochSeeding(params.train.seed), *extra_callbacks],
+                                runtime)
         trainer.fit(module, train_dataloaders=datamodule.train_dataloader(),
                     val_dataloaders=datamodule.val_dataloader(), ckpt_path=resume_from)
         if not primary:
             return {}
+        if nondeterministic_ops:
+            set_tags({"runtime.nondeterministic_ops": ", ".join(sorted(nondeterministic_ops))})
         paths.models.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(checkpoint.best_model_path, paths.best_checkpoint)
         shutil.copyfile(checkpoints / "last.ckpt", paths.last_checkpoint)
@@ -169,6 +208,8 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
             "seconds": round(time.perf_counter() - started, 1),
             "run_key": run_key,
             "pretrained_backbone": backbone_hash,
+            "runtime": vars(runtime),
+            "nondeterministic_ops": sorted(nondeterministic_ops),
         }
         log_metrics({f"best_{family.monitor.replace('/', '_')}": summary["best_score"]})
         log_artifacts([paths.train_curves_png, paths.train_curves_csv], "curves")

@@ -23,6 +23,10 @@ from visionflow.data.images import ImageReadError, read_rgb
 BOX_TOLERANCE_PX = 1.0  # boxes may stick out of the image by rounding, no more
 
 
+# Decoded images a dataset keeps in memory at most (a 128x128 RGB image is 48 KiB).
+PRELOAD_BUDGET_BYTES = 2 * 1024**3
+
+
 class CocoFormatError(ValueError):
     """A COCO file that breaks the format; the message names the file, record and field."""
 
@@ -37,6 +41,7 @@ class CocoDataset:
     annotations: list[dict]
     categories: list[dict]
     by_image: dict[int, list[dict]] = field(default_factory=dict)
+    _decoded: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # image id -> pixels
 
     def __post_init__(self) -> None:
         grouped: dict[int, list[dict]] = defaultdict(list)
@@ -51,8 +56,27 @@ class CocoDataset:
     def image_path(self, image: dict) -> Path:
         return self.root / image["file_name"]
 
+    def preload(self, budget_bytes: int = PRELOAD_BUDGET_BYTES) -> bool:
+        """Decode every image once and keep it, if all of them fit in ``budget_bytes``.
+
+        Training reads each image every epoch; decoding it again each time would cost the
+        loader more than the augmentation does. Loader processes forked afterwards share the
+        decoded pixels. Returns whether the images were loaded.
+        """
+        if sum(3 * image["height"] * image["width"] for image in self.images) > budget_bytes:
+            return False
+        for image in self.images:
+            self._decoded[image["id"]] = self._decode(image)
+        return True
+
     def read_image(self, image: dict) -> np.ndarray:
-        """The image of a record as uint8 (H, W, 3) RGB; its size must be the record's."""
+        """The image of a record as uint8 (H, W, 3) RGB; its size must be the record's.
+        A copy of the decoded image if :meth:`preload` kept it (callers may change it)."""
+        if image["id"] in self._decoded:
+            return self._decoded[image["id"]].copy()
+        return self._decode(image)
+
+    def _decode(self, image: dict) -> np.ndarray:
         path = self.image_path(image)
         pixels = read_rgb(path)
         if pixels.shape[:2] != (image["height"], image["width"]):

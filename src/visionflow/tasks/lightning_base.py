@@ -12,6 +12,11 @@ import lightning as L
 import torch
 
 
+# On an accelerator, reading the loss's finiteness back is a host-device sync that stalls the
+# queue of kernels: there the flag is kept on the device and read every this many steps.
+FINITE_CHECK_EVERY = 50
+
+
 class NonFiniteLossError(FloatingPointError):
     pass
 
@@ -26,6 +31,8 @@ class TaskModule(L.LightningModule):
     def __init__(self, optim: dict[str, Any]):
         super().__init__()
         self.optim = optim
+        self._nonfinite: torch.Tensor | None = None  # on the device: did a loss since the last check fail?
+        self._checked_step = 0
 
     def model_step(self, batch: Any) -> tuple[Any, dict[str, torch.Tensor]]:
         raise NotImplementedError
@@ -33,15 +40,29 @@ class TaskModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         _, losses = self.model_step(batch)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            shown = {k: float(v.detach()) for k, v in losses.items()}
-            raise NonFiniteLossError(
-                f"non-finite loss at epoch {self.current_epoch}, step {self.global_step}: {shown}; "
-                f"lower the learning rate ({self.optim['lr']}) or check the data")
+        failed = ~torch.isfinite(loss.detach())
+        self._nonfinite = failed if self._nonfinite is None else self._nonfinite | failed
+        if loss.device.type == "cpu" or self.global_step - self._checked_step >= FINITE_CHECK_EVERY:
+            self.check_finite_losses(losses)
         batch_size = len(batch[0]) if isinstance(batch, (list, tuple)) else None
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), on_step=False, on_epoch=True, batch_size=batch_size)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite_losses({})
+
+    def check_finite_losses(self, losses: dict[str, torch.Tensor]) -> None:
+        """Raise if any loss since the last check was NaN or infinite, showing ``losses``."""
+        failed, self._nonfinite, since = self._nonfinite, None, self._checked_step
+        self._checked_step = self.global_step
+        if failed is None or not bool(failed):
+            return
+        shown = {k: float(v.detach()) for k, v in losses.items()}
+        where = f"step {self.global_step}" if since >= self.global_step - 1 else \
+            f"steps {since}-{self.global_step}"
+        raise NonFiniteLossError(f"non-finite loss at epoch {self.current_epoch}, {where}: {shown or 'see the log'}; "
+                                 f"lower the learning rate ({self.optim['lr']}) or check the data")
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.optim["lr"],

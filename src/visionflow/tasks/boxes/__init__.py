@@ -28,10 +28,11 @@ class BoxFamily(TaskFamily):
 
     with_masks: ClassVar[bool] = False
 
-    def synthesize(self, params: "DetectionParams", out_dir: Path, progress: bool = True) -> dict:
+    def synthesize(self, params: "DetectionParams", out_dir: Path, progress: bool = True,
+                   workers: int | None = None) -> dict:
         from visionflow.data.synth.shapes_coco import write_shapes_from_params
 
-        return write_shapes_from_params(params.synth, out_dir, progress=progress)
+        return write_shapes_from_params(params.synth, out_dir, progress=progress, workers=workers)
 
     def augment_preview(self, params: "DetectionParams", data_root: Path, preview_png: Path) -> dict:
         """Grid of (image with boxes | augmented image with boxes); checks that masks follow the
@@ -83,11 +84,12 @@ class BoxFamily(TaskFamily):
                 "max_box_miss_px": worst_miss, "boxes_before": total, "boxes_kept": kept}
 
     def datamodule(self, params: "DetectionParams", data_root: Path, trainer: "TrainerParams"):
+        from visionflow.runtime import loader_settings
         from visionflow.tasks.boxes.data import DetectionData, build_box_transforms
 
         transform = build_box_transforms(params.augment, f"{self.name}.augment", seed=params.train.seed)
         return DetectionData(data_root, params.train.batch_size, transform, self.with_masks,
-                                   num_workers=trainer.num_workers, seed=params.train.seed)
+                             seed=params.train.seed, **loader_settings(trainer))
 
     def _module_class(self) -> Any:
         """The family's ``BoxTaskModule`` subclass (imported lazily: it pulls in Lightning)."""

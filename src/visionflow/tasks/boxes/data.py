@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from visionflow.config import BoxAugmentParams
-from visionflow.data.batching import TrainValLoaders, image_to_tensor
+from visionflow.data.batching import TrainValLoaders, image_to_tensor, reseed_albumentations
 from visionflow.data.coco import CocoDataset, CocoFormatError, annotation_mask, load_coco
 
 
@@ -90,6 +90,9 @@ class CocoDetectionDataset(Dataset):
                                        bool).reshape(-1, height, width)
         return sample
 
+    def reseed(self, seed: int) -> None:
+        reseed_albumentations(self.transform, seed)
+
     def transformed(self, index: int) -> dict[str, np.ndarray]:
         """``raw`` through the transform; masks follow their boxes (dropped with them)."""
         sample = self.raw(index)
@@ -150,10 +153,12 @@ class DetectionData(TrainValLoaders):
     collate = staticmethod(detection_collate)
 
     def __init__(self, data_root: Path, batch_size: int, train_transform: Any = None,
-                 with_masks: bool = False, num_workers: int = 0, seed: int = 0):
+                 with_masks: bool = False, num_workers: int = 0, seed: int = 0, pin_memory: bool = False):
         self.data_root = Path(data_root)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.pin_memory = pin_memory
         self.train = CocoDetectionDataset(load_split(self.data_root, "train"), train_transform, with_masks)
+        self.train.coco.preload()
         val_split = "val" if (self.data_root / "val.json").is_file() else "test"
         self.val = CocoDetectionDataset(load_split(self.data_root, val_split), None, with_masks)
         if self.train.class_names != self.val.class_names:

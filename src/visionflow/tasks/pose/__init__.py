@@ -30,14 +30,15 @@ class Pose(TaskFamily):
     primary_metric = "AP"  # OKS AP over OKS 0.50:0.95 (COCO keypoints)
     monitor = "val/PCK@0.05"
 
-    def synthesize(self, params: "PoseParams", out_dir: Path, progress: bool = True) -> dict:
+    def synthesize(self, params: "PoseParams", out_dir: Path, progress: bool = True,
+                   workers: int | None = None) -> dict:
         from visionflow.data.synth.figures import FigureSceneSpec
         from visionflow.data.synth.figures_coco import write_figures_coco
 
         synth = params.synth.model_dump()
         seed, splits = synth.pop("seed"), synth.pop("splits")
         spec = FigureSceneSpec(**{**synth, "occluder_radius": tuple(synth["occluder_radius"])})
-        return write_figures_coco(out_dir, spec, splits, seed, progress=progress)
+        return write_figures_coco(out_dir, spec, splits, seed, progress=progress, workers=workers)
 
     def augment_preview(self, params: "PoseParams", data_root: Path, preview_png: Path) -> dict:
         from visionflow.tasks.pose.data import CocoPoseDataset, KeypointAugment, keypoint_drift, \
@@ -69,12 +70,13 @@ class Pose(TaskFamily):
                 "flip_pairs_from": schema.flip_source}
 
     def datamodule(self, params: "PoseParams", data_root: Path, trainer: "TrainerParams"):
+        from visionflow.runtime import loader_settings
         from visionflow.tasks.pose.data import KeypointAugment, PoseDataModule, keypoint_schema, load_split
 
         schema = keypoint_schema(load_split(data_root, "train"), params.data.flip_pairs)
         augment = KeypointAugment(params.augment, "pose.augment", schema.flip_index, seed=params.train.seed)
         return PoseDataModule(data_root, schema, _geometry(params.model), params.train.batch_size, augment,
-                              num_workers=trainer.num_workers, seed=params.train.seed)
+                              seed=params.train.seed, **loader_settings(trainer))
 
     def module(self, params: "PoseParams", datamodule: Any):
         from visionflow.tasks.pose.module import PoseModule

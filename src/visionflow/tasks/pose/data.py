@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from visionflow.config import ConfigError, TransformSpec
-from visionflow.data.batching import TrainValLoaders, image_to_tensor
+from visionflow.data.batching import TrainValLoaders, image_to_tensor, reseed_albumentations
 from visionflow.data.coco import CocoDataset, CocoFormatError, load_coco
 
 
@@ -226,6 +226,9 @@ class KeypointAugment:
         else:
             self.compose = A.Compose(_transforms(specs, key_path), keypoint_params=keypoint_params, seed=seed)
 
+    def reseed(self, seed: int) -> None:
+        reseed_albumentations(self.compose, seed)
+
     def apply(self, image: np.ndarray, keypoints: np.ndarray) -> dict[str, Any]:
         """{"image", "keypoints" (K, 3), "mirrored" (bool), "replay" (with ``replay=True``)}."""
         height, width = image.shape[:2]
@@ -315,16 +318,13 @@ class CocoPoseDataset(Dataset):
                           if a["category_id"] == schema.category_id and not a.get("iscrowd", 0)
                           and "keypoints" in a
                           and (not labelled_only or any(v > 0 for v in a["keypoints"][2::3]))]
-        self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.instances)
 
     def image(self, image_id: int) -> np.ndarray:
-        """uint8 (H, W, 3), read once and kept (synthetic sets are small)."""
-        if image_id not in self._cache:
-            self._cache[image_id] = self.coco.read_image(self.images[image_id])
-        return self._cache[image_id]
+        """uint8 (H, W, 3) (decoded once if the dataset was preloaded; crops never change it)."""
+        return self.coco.read_image(self.images[image_id])
 
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(crop uint8 (H, W, 3), keypoints float32 (K, 3) in crop pixels, info float32 (5,))."""
@@ -336,6 +336,10 @@ class CocoPoseDataset(Dataset):
         crop_keypoints = keypoints_to_crop(keypoints, x0, y0, scale, self.geometry)
         info = np.array([x0, y0, scale, max(annotation["bbox"][2], annotation["bbox"][3]), index], np.float32)
         return crop, crop_keypoints, info
+
+    def reseed(self, seed: int) -> None:
+        if self.transform is not None:
+            self.transform.reseed(seed)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         crop, keypoints, info = self.raw(index)
@@ -350,11 +354,14 @@ class PoseDataModule(TrainValLoaders):
     val_batch_multiplier = 4
 
     def __init__(self, data_root: Path, schema: KeypointSchema, geometry: CropGeometry, batch_size: int,
-                 train_transform: KeypointAugment | None = None, num_workers: int = 0, seed: int = 0):
+                 train_transform: KeypointAugment | None = None, num_workers: int = 0, seed: int = 0,
+                 pin_memory: bool = False):
         self.data_root = Path(data_root)
         self.schema, self.geometry = schema, geometry
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.pin_memory = pin_memory
         self.train = CocoPoseDataset(load_split(self.data_root, "train"), schema, geometry, train_transform)
+        self.train.coco.preload()
         val_split = "val" if (self.data_root / "val.json").is_file() else "test"
         val_coco = load_split(self.data_root, val_split)
         val_schema = keypoint_schema(val_coco, flip_pairs=None)

@@ -23,10 +23,11 @@ class Segmentation(TaskFamily):
     primary_metric = "mIoU"
     monitor = "val/mIoU"
 
-    def synthesize(self, params: "SegmentationParams", out_dir: Path, progress: bool = True) -> dict:
+    def synthesize(self, params: "SegmentationParams", out_dir: Path, progress: bool = True,
+                   workers: int | None = None) -> dict:
         from visionflow.data.synth.shapes_coco import write_shapes_from_params
 
-        return write_shapes_from_params(params.synth, out_dir, progress=progress)
+        return write_shapes_from_params(params.synth, out_dir, progress=progress, workers=workers)
 
     def augment_preview(self, params: "SegmentationParams", data_root: Path, preview_png: Path) -> dict:
         from visionflow.augment import build_transforms, geometric_mask_agreement
@@ -52,11 +53,12 @@ class Segmentation(TaskFamily):
 
     def datamodule(self, params: "SegmentationParams", data_root: Path, trainer: "TrainerParams"):
         from visionflow.augment import build_transforms
+        from visionflow.runtime import loader_settings
         from visionflow.tasks.segmentation.data import SegmentationData
 
         transform = build_transforms(params.augment, "segmentation.augment", seed=params.train.seed)
-        return SegmentationData(data_root, params.train.batch_size, transform,
-                                      num_workers=trainer.num_workers, seed=params.train.seed)
+        return SegmentationData(data_root, params.train.batch_size, transform, seed=params.train.seed,
+                                **loader_settings(trainer))
 
     def module(self, params: "SegmentationParams", datamodule: Any):
         from visionflow.tasks.segmentation.module import SegmentationModule

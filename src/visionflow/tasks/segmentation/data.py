@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from visionflow.data.batching import TrainValLoaders, image_to_tensor, pad_collate
+from visionflow.data.batching import TrainValLoaders, image_to_tensor, pad_collate, reseed_albumentations
 from visionflow.data.coco import CocoDataset, load_coco, semantic_mask
 
 
@@ -40,6 +40,9 @@ class CocoSemanticDataset(Dataset):
                                record["width"], self.label_of_category)
         return image, labels
 
+    def reseed(self, seed: int) -> None:
+        reseed_albumentations(self.transform, seed)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, labels = self.raw(index)
         if self.transform is not None:
@@ -61,11 +64,12 @@ class SegmentationData(TrainValLoaders):
     collate = staticmethod(pad_collate)
 
     def __init__(self, data_root: Path, batch_size: int, train_transform: Any = None,
-                 num_workers: int = 0, seed: int = 0):
+                 num_workers: int = 0, seed: int = 0, pin_memory: bool = False):
         self.data_root = Path(data_root)
         self.batch_size = batch_size
-        self.num_workers, self.seed = num_workers, seed
+        self.num_workers, self.seed, self.pin_memory = num_workers, seed, pin_memory
         self.train = CocoSemanticDataset(load_split(self.data_root, "train"), train_transform)
+        self.train.coco.preload()
         val_split = "val" if (self.data_root / "val.json").is_file() else "test"
         self.val = CocoSemanticDataset(load_split(self.data_root, val_split))
         if self.train.class_names != self.val.class_names:

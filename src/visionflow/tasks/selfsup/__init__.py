@@ -38,14 +38,16 @@ class Selfsup(TaskFamily):
     monitor = "val/loss"
     monitor_mode = "min"
 
-    def synthesize(self, params: "SelfsupParams", out_dir: Path, progress: bool = True) -> dict:
+    def synthesize(self, params: "SelfsupParams", out_dir: Path, progress: bool = True,
+                   workers: int | None = None) -> dict:
         from visionflow.data.synth.selfsup import write_selfsup_dataset
         from visionflow.data.synth.shapes import ShapesSceneSpec
 
         synth = params.synth.model_dump()
         seed, splits, background = synth.pop("seed"), synth.pop("splits"), synth.pop("background")
         spec = ShapesSceneSpec(**{**synth, "classes": tuple(synth["classes"])})
-        return write_selfsup_dataset(out_dir, spec, splits, seed, background, progress=progress)
+        return write_selfsup_dataset(out_dir, spec, splits, seed, background, progress=progress,
+                                     workers=workers)
 
     def augment_preview(self, params: "SelfsupParams", data_root: Path, preview_png: Path) -> dict:
         import numpy as np
@@ -85,6 +87,7 @@ class Selfsup(TaskFamily):
 
     def datamodule(self, params: "SelfsupParams", data_root: Path, trainer: "TrainerParams"):
         from visionflow.augment import build_transforms
+        from visionflow.runtime import loader_settings
         from visionflow.tasks.selfsup.data import SelfsupDataModule, resolve_sources
 
         synthetic, raw = project_dirs(data_root)
@@ -94,7 +97,7 @@ class Selfsup(TaskFamily):
             folders, params.data.image_size, params.data.val_fraction, params.train.batch_size,
             build_transforms(params.augment, "selfsup.augment", seed=seed),
             build_transforms(params.augment, "selfsup.augment", seed=seed + 1),
-            num_workers=trainer.num_workers, seed=seed)
+            seed=seed, **loader_settings(trainer))
 
     def module(self, params: "SelfsupParams", datamodule: Any):
         from visionflow.tasks.selfsup.module import SelfsupModule

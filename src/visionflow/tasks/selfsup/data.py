@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from visionflow.data.batching import image_to_tensor
+from visionflow.data.batching import TrainValLoaders, image_to_tensor, reseed_albumentations
 from visionflow.data.images import list_images, read_rgb
 
 def load_image(path: Path, size: int) -> np.ndarray:
@@ -120,30 +120,27 @@ class TwoViewDataset(Dataset):
 
     def __init__(self, paths: list[Path], size: int, transform: Any):
         self.paths, self.size, self.transform = list(paths), size, transform
+        self._cache: dict[int, np.ndarray] = {}  # decoded once: small images, read every epoch
+
+    def image(self, index: int) -> np.ndarray:
+        if index not in self._cache:
+            self._cache[index] = load_image(self.paths[index], self.size)
+        return self._cache[index]
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def reseed(self, seed: int) -> None:
+        reseed_albumentations(self.transform, seed)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        first, second = two_views(self.transform, load_image(self.paths[index], self.size))
+        first, second = two_views(self.transform, self.image(index))
         for view in (first, second):
             if view.shape[:2] != (self.size, self.size):
                 raise ValueError(f"selfsup.augment: views must stay {self.size}x{self.size} "
                                  f"(selfsup.data.image_size), got {view.shape[1]}x{view.shape[0]} "
                                  f"for {self.paths[index]}")
         return image_to_tensor(first), image_to_tensor(second)
-
-
-def reseed_worker_transform(worker_id: int) -> None:
-    """Give each DataLoader worker its own augmentation stream.
-
-    Every worker starts from a copy of the same seeded pipeline, which would draw
-    the same augmentations in every worker (and, without persistent workers,
-    every epoch). torch seeds each worker from the loader's generator, so this
-    stays reproducible.
-    """
-    info = torch.utils.data.get_worker_info()
-    info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
 class FixedPairs(Dataset):
@@ -170,25 +167,21 @@ def split_train_val(paths: list[Path], val_fraction: float) -> tuple[list[Path],
     return train, val
 
 
-class SelfsupDataModule:
+class SelfsupDataModule(TrainValLoaders):
+    """Two views of each unlabelled image for training; fixed pairs for the validation loss."""
+
     def __init__(self, folders: list[Path], size: int, val_fraction: float, batch_size: int,
-                 train_transform: Any, val_transform: Any, num_workers: int = 0, seed: int = 0):
+                 train_transform: Any, val_transform: Any, num_workers: int = 0, seed: int = 0,
+                 pin_memory: bool = False):
         paths = [p for folder in folders for p in unlabelled_images(folder)]
         train_paths, val_paths = split_train_val(paths, val_fraction)
         if len(train_paths) < batch_size:
             raise ValueError(f"selfsup.train.batch_size {batch_size} is larger than the "
                              f"{len(train_paths)} unlabelled training images")
         self.size, self.batch_size = size, batch_size
-        self.num_workers, self.seed = num_workers, seed
+        self.num_workers, self.seed, self.pin_memory = num_workers, seed, pin_memory
         self.train = TwoViewDataset(train_paths, size, train_transform)
         self.val = FixedPairs(TwoViewDataset(val_paths, size, val_transform))
-
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, generator=generator,
-                          worker_init_fn=reseed_worker_transform,
-                          persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         # NT-Xent needs >= 2 rows: never leave a last batch of one.

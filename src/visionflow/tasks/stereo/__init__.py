@@ -34,11 +34,12 @@ class Stereo(TaskFamily):
     monitor = "val/epe"
     monitor_mode = "min"
 
-    def synthesize(self, params: "StereoParams", out_dir: Path, progress: bool = True) -> dict:
+    def synthesize(self, params: "StereoParams", out_dir: Path, progress: bool = True,
+                   workers: int | None = None) -> dict:
         from visionflow.data.synth.stereo import StereoSceneSpec, write_stereo_dataset
 
         synth = params.synth.model_dump()
-        seed, splits, workers = synth.pop("seed"), synth.pop("splits"), synth.pop("workers")
+        seed, splits = synth.pop("seed"), synth.pop("splits")
         return write_stereo_dataset(out_dir, StereoSceneSpec(**synth), splits, seed, progress=progress,
                                     workers=workers)
 
@@ -53,9 +54,10 @@ class Stereo(TaskFamily):
         return check
 
     def datamodule(self, params: "StereoParams", data_root: Path, trainer: "TrainerParams"):
+        from visionflow.runtime import loader_settings
         from visionflow.tasks.stereo.data import StereoDataModule
 
-        return StereoDataModule(data_root, params, num_workers=trainer.num_workers)
+        return StereoDataModule(data_root, params, **loader_settings(trainer))
 
     def module(self, params: "StereoParams", datamodule: Any):
         from visionflow.tasks.stereo.module import StereoModule

@@ -106,13 +106,17 @@ class StereoAugmenter:
         self.seed = seed
         self._rng: np.random.Generator | None = None
 
+    def reseed(self, seed: int) -> None:
+        """Start a new stream (and reseed the photometric pipelines from it)."""
+        self._rng = np.random.default_rng(seed)
+        for pipeline in (self.per_view, self.both_views):
+            if pipeline is not None:
+                pipeline.set_random_seed(int(self._rng.integers(2 ** 31)))
+
     @property
     def rng(self) -> np.random.Generator:
-        if self._rng is None:  # created in the process that uses it (each DataLoader worker differs)
-            self._rng = np.random.default_rng([self.seed, torch.initial_seed() % (2 ** 32)])
-            for pipeline in (self.per_view, self.both_views):
-                if pipeline is not None:
-                    pipeline.set_random_seed(int(self._rng.integers(2 ** 31)))
+        if self._rng is None:  # not reseeded per sample (the preview): one stream from the seed
+            self.reseed(self.seed)
         return self._rng
 
     def geometry(self, left: np.ndarray, right: np.ndarray, disparity: np.ndarray | None,
@@ -217,11 +221,15 @@ class StereoPairDataset(Dataset):
             self._real_cache[index] = (left, right)
         return self._real_cache[index]
 
+    def reseed(self, seed: int) -> None:
+        if self.augmenter is not None:
+            self.augmenter.reseed(seed)
+        self._real_generator = np.random.default_rng([seed, 1])
+
     @property
     def _real_rng(self) -> np.random.Generator:
-        if self._real_generator is None:  # created in the process that uses it, like the augmenter's
-            seed = [self.augmenter.seed, 1, torch.initial_seed() % (2 ** 32)]
-            self._real_generator = np.random.default_rng(seed)
+        if self._real_generator is None:  # not reseeded per sample: one stream from the seed
+            self._real_generator = np.random.default_rng([self.augmenter.seed, 1])
         return self._real_generator
 
     def _real_item(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,10 +281,11 @@ class StereoDataModule(TrainValLoaders):
     collate = staticmethod(stereo_collate)
     val_batch_multiplier = 1
 
-    def __init__(self, data_root: Path, params: StereoParams, num_workers: int = 0):
+    def __init__(self, data_root: Path, params: StereoParams, num_workers: int = 0, pin_memory: bool = False):
         self.data_root = Path(data_root)
         self.params = params
         self.batch_size, self.num_workers, self.seed = params.train.batch_size, num_workers, params.train.seed
+        self.pin_memory = pin_memory
         data = params.data
         self.train_records = labelled_split(self.data_root, data.train_split)
         val_split = data.val_split if data.val_split in list_splits(self.data_root) else data.test_split
