@@ -19,7 +19,7 @@ export PREFECT_SERVER_UI_STATIC_DIRECTORY := $(CURDIR)/.cache/prefect/ui
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.cache/dvc-site
 export NO_PROXY := 127.0.0.1,localhost
 
-.PHONY: install constraints repro flow test test-slow ui prefect-ui mlflow-ui bench clean
+.PHONY: install constraints repro repro-gpu flow test test-slow ui prefect-ui mlflow-ui bench throughput clean
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,11 @@ constraints:
 ## repro: run the whole pipeline with DVC (only what changed), then show the metrics
 repro: install
 	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+## repro-gpu: the pipeline with the GPU profile (params.gpu.yaml) as a DVC experiment
+repro-gpu: install
+	$(BIN)/dvc exp run $$($(BIN)/visionflow profile params.gpu.yaml)
 	$(BIN)/dvc metrics show
 
 ## flow: run the same stages as a Prefect flow (visible in the Prefect UI)
@@ -65,6 +70,10 @@ prefect-ui: install
 mlflow-ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts
+
+## throughput: loader, step and end-to-end images/s of every family (needs the synthetic data)
+throughput: install
+	$(BIN)/python bench/throughput.py --task all
 
 ## bench: run the default pipeline from scratch in a temp copy; print time, memory, metrics per stage
 bench: install

@@ -201,3 +201,32 @@ def test_shared_code_deps_hold_no_single_family_module():
     single = {path.relative_to(PACKAGE_ROOT).as_posix(): sorted(names) for path, names in users.items()
               if len(names) == 1 and any(path == dep or dep in path.parents for dep in shared_deps)}
     assert single == {}
+
+
+def test_the_gpu_profile_names_only_existing_keys_and_validates():
+    from visionflow.config import profile_overrides
+
+    flat = profile_overrides(REPO / "params.yaml", REPO / "params.gpu.yaml")
+    assert flat["trainer.deterministic"] is False and flat["stereo.train.epochs"] == 16
+    assert "detection.synth.splits.train" in flat and "detection.synth.splits.test" not in flat  # tests compare
+
+
+@pytest.mark.parametrize("profile, error", [
+    ("segmentation:\n  trian: {epochs: 3}\n", "segmentation.trian: not a key of"),
+    ("segmentation:\n  train: {epochs: 0}\n", "segmentation.train.epochs: must be >= 1"),
+    ("- a list\n", "expected a mapping"),
+])
+def test_a_bad_profile_is_an_error_naming_the_key(tmp_path, profile, error):
+    from visionflow.config import ConfigError, profile_overrides
+
+    (tmp_path / "p.yaml").write_text(profile)
+    with pytest.raises(ConfigError, match=error):
+        profile_overrides(REPO / "params.yaml", tmp_path / "p.yaml")
+
+
+def test_profile_prints_dvc_exp_run_flags(capsys):
+    from visionflow.cli import main
+
+    assert main(["--params", str(REPO / "params.yaml"), "profile", str(REPO / "params.gpu.yaml")]) == 0
+    flags = capsys.readouterr().out.split()
+    assert flags[0] == "-S" and "stereo.synth.splits.train=4000" in flags and len(flags) % 2 == 0

@@ -19,8 +19,9 @@ def test_auto_on_a_cpu_is_exact_full_precision_and_loads_in_process():
     assert (runtime.deterministic, runtime.benchmark, runtime.precision) == (True, False, "32-true")
     assert (runtime.num_workers, runtime.pin_memory, runtime.channels_last) == (0, False, False)
     # With cores to spare, loading moves to worker processes.
-    assert resolve_runtime(TrainerParams(), device="cpu", cores=16).num_workers == 8
-    assert resolve_runtime(TrainerParams(), device="cpu", cores=6).num_workers == 5
+    sixteen = resolve_runtime(TrainerParams(), device="cpu", cores=16)
+    assert (sixteen.num_workers, sixteen.compute_threads) == (4, 12)
+    assert resolve_runtime(TrainerParams(), device="cpu", cores=6).num_workers == 1
 
 
 def test_auto_on_cuda_never_raises_for_determinism_and_uses_the_gpu_well():

@@ -141,7 +141,7 @@ def test_real_pairs_are_decoded_once_however_often_they_are_drawn(tiny_synthetic
         return original(record, with_labels)
 
     monkeypatch.setattr(stereo_data, "read_pair", counting_read_pair)
-    items = [dataset[i % len(dataset)] for i in range(3 * len(dataset))]
+    items = [dataset[(i % len(dataset), i)] for i in range(3 * len(dataset))]  # (index, sample seed)
     assert all(item[3].shape == item[0].shape for item in items)  # a real crop in every item
     assert 1 <= len(real_reads) <= 2 and len(set(real_reads)) == len(real_reads)
 
@@ -152,7 +152,7 @@ def test_real_draws_leave_the_labelled_augmentation_unchanged(tiny_synthetic):
 
     def labelled_items(params):
         dataset = get_task("stereo").datamodule(params, data_root, TrainerParams()).train_dataloader().dataset
-        return [dataset[i % len(dataset)][:3] for i in range(2 * len(dataset))]
+        return [dataset[(i % len(dataset), i)][:3] for i in range(2 * len(dataset))]  # (index, sample seed)
 
     with_real = labelled_items(stereo_params(train={"self_supervised": {"source": "yard"}}))
     without = labelled_items(stereo_params())

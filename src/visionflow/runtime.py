@@ -12,7 +12,8 @@ deterministic      auto/true: exact kernels        auto: deterministic kernels w
                                                    kernels, cuDNN autotuning on
 precision          auto: 32-true                   auto: bf16-mixed (16-mixed without bf16)
 num_workers        auto: 0 with < 4 cores, else    auto: cores - 1, at most 8 (persistent,
-                   cores - 1, at most 8            pinned memory)
+                   a quarter of them (torch gets   pinned memory)
+                   the rest)
 channels-last      off                             on for 4-D weights (tensor cores)
 =================  ==============================  =====================================
 """
@@ -50,6 +51,7 @@ class Runtime:
     num_workers: int
     pin_memory: bool
     channels_last: bool
+    compute_threads: int | None = None  # torch's intra-op threads on a CPU beside loader processes
 
 
 def device_type(accelerator: str) -> str:
@@ -93,10 +95,16 @@ def resolve_runtime(trainer: "TrainerParams", device: str | None = None,
 
     workers = trainer.num_workers
     if workers == "auto":
-        workers = 0 if cores < MIN_CORES_FOR_AUTO_WORKERS and not on_cuda else min(cores - 1, MAX_AUTO_WORKERS)
+        if on_cuda:  # the GPU steps; the cores load
+            workers = min(cores - 1, MAX_AUTO_WORKERS)
+        else:  # the cores step too: loading gets a quarter of them
+            workers = 0 if cores < MIN_CORES_FOR_AUTO_WORKERS else min(cores // 4, MAX_AUTO_WORKERS)
+    workers = max(workers, 0)
+    # On a CPU the step and the loader processes share the cores: leave the loaders theirs.
+    threads = max(1, cores - workers) if device == "cpu" and workers > 0 else None
     return Runtime(device_type=device, deterministic=deterministic,
                    benchmark=on_cuda and deterministic is False, precision=precision,
-                   num_workers=max(workers, 0), pin_memory=on_cuda, channels_last=on_cuda)
+                   num_workers=workers, pin_memory=on_cuda, channels_last=on_cuda, compute_threads=threads)
 
 
 def loader_settings(trainer: "TrainerParams") -> dict[str, int | bool]:

@@ -180,6 +180,8 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
     run_context = stage_run(stage, tracking, paths.root, resume_run_id=previous_run) if primary \
         else nullcontext()
     runtime = resolve_runtime(trainer_params)
+    if runtime.compute_threads:
+        torch.set_num_threads(runtime.compute_threads)
     with run_context as run, named_nondeterministic_ops() as nondeterministic_ops:
         if primary:
             run_id_file.write_text(run.info.run_id)
