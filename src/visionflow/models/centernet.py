@@ -142,7 +142,7 @@ def encode_targets(boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
     for i, (b, lab) in enumerate(zip(boxes, labels)):
         if len(b) == 0:
             continue
-        b = b.float() / stride
+        b, lab = b.float() / stride, lab.long()
         wh = (b[:, 2:] - b[:, :2]).clamp(min=0)  # (K, 2)
         centre = (b[:, :2] + b[:, 2:]) / 2
         cell = centre.floor().long()
@@ -156,28 +156,45 @@ def encode_targets(boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
         inside = (dx.abs() <= radius[:, None, None]) & (dy.abs() <= radius[:, None, None])
         gauss = gauss * inside  # (K, h, w), exactly 1 at the centre cell
         flat = heatmap[i].view(num_classes, -1)
-        flat.scatter_reduce_(0, lab.long()[:, None].expand(-1, flat.shape[1]), gauss.flatten(1), "amax")
+        flat.scatter_reduce_(0, lab[:, None].expand(-1, flat.shape[1]), gauss.flatten(1), "amax")
+        # Objects are painted larger first, so where they share a cell the smaller one owns it:
+        # rank[k] is object k's place in that order; a cell goes to its highest-ranked object.
+        # Everything stays on the device: no per-object loop, no host sync.
+        k = len(b)
+        order = torch.argsort(wh.prod(1), descending=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(k, device=device)
+        centre_cell = cell[:, 1] * width + cell[:, 0]  # (K,) flat index
         if regression == "centre":
-            owner = torch.zeros_like(gauss, dtype=torch.bool)
-            owner[torch.arange(len(b)), cell[:, 1], cell[:, 0]] = True
+            covers = torch.zeros(k, height * width, dtype=torch.bool, device=device)
+            covers[torch.arange(k, device=device), centre_cell] = True
+            covers = covers.view(k, height, width)
         else:
-            owner = gauss > 0
-        # Larger objects first, so smaller ones (painted later) own the cells they share.
-        for k in torch.argsort(wh.prod(1), descending=True).tolist():
-            where = owner[k]
-            weight[i][where] = gauss[k][where]
-            classes[i][where] = lab[k]
-            size[i, :, where] = wh[k, :, None]
-            offset[i, 0][where] = (centre[k, 0] - xs.expand(height, width))[where]
-            offset[i, 1][where] = (centre[k, 1] - ys.expand(height, width))[where]
-        # Each centre cell regresses its own object, whatever Gaussian covers it (decoding reads it).
-        for k in torch.argsort(wh.prod(1), descending=True).tolist():
-            x, y = cell[k].tolist()
-            weight[i, y, x] = 1.0
-            classes[i, y, x] = lab[k]
-            size[i, :, y, x] = wh[k]
-            offset[i, :, y, x] = centre[k] - cell[k]
+            covers = gauss > 0
+        owner_rank = torch.where(covers, rank[:, None, None], -1).amax(0)  # (h, w)
+        owner = order[owner_rank.clamp(min=0)]  # (h, w) object index where owner_rank >= 0
+        _paint(i, owner_rank >= 0, owner, gauss.gather(0, owner[None])[0], lab, wh,
+               torch.stack([centre[owner, 0] - xs.expand(height, width),
+                            centre[owner, 1] - ys.expand(height, width)]),
+               size, offset, weight, classes)
+        # Each centre cell regresses its own object (the last painted where centres coincide).
+        centre_rank = torch.full((height * width,), -1, dtype=rank.dtype, device=device)
+        centre_rank = centre_rank.scatter_reduce_(0, centre_cell, rank, "amax").view(height, width)
+        owner = order[centre_rank.clamp(min=0)]
+        _paint(i, centre_rank >= 0, owner, torch.ones_like(weight[i]), lab, wh,
+               (centre[owner] - cell[owner]).permute(2, 0, 1), size, offset, weight, classes)
     return CenterNetTargets(heatmap, size, offset, weight, classes)
+
+
+def _paint(i: int, where: torch.Tensor, owner: torch.Tensor, cell_weight: torch.Tensor, labels: torch.Tensor,
+           wh: torch.Tensor, cell_offset: torch.Tensor, size: torch.Tensor, offset: torch.Tensor,
+           weight: torch.Tensor, classes: torch.Tensor) -> None:
+    """Set image ``i``'s targets at the cells ``where`` (h, w) to those of object ``owner`` (h, w):
+    ``cell_weight`` (h, w), its class, size (``wh`` (K, 2)) and ``cell_offset`` (2, h, w)."""
+    weight[i] = torch.where(where, cell_weight, weight[i])
+    classes[i] = torch.where(where, labels[owner], classes[i])
+    size[i] = torch.where(where, wh[owner].permute(2, 0, 1), size[i])
+    offset[i] = torch.where(where, cell_offset, offset[i])
 
 
 def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0,
