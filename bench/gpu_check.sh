@@ -25,7 +25,7 @@ if [ "${CHECK_CPU:-0}" = 1 ]; then
         detection.train.epochs=1 instance_segmentation.synth.splits.train=32 instance_segmentation.train.epochs=1
         pose.synth.splits.train=64 pose.train.epochs=1 stereo.synth.splits.train=32 stereo.train.epochs=1
         selfsup.synth.splits.unlabelled=600 selfsup.train.epochs=1 selfsup.evaluate.transfer_steps=2)
-  profile_tiny=(detection.synth.splits.train=128 detection.train.epochs=1 stereo.synth.splits.train=48
+  profile_tiny=(detection.synth.splits.train=320 detection.train.epochs=1 stereo.synth.splits.train=48
                 stereo.train.epochs=1)
   steps=(--warmup 1 --steps 2)
 else

@@ -30,6 +30,18 @@ PROJECT = Path(__file__).resolve().parents[1]
 TASK_STAGES = ("synthesize", "augment", "train", "evaluate", "register")
 
 
+# Create the tracking store (and run its migrations) once, before stages run side by side.
+INIT_TRACKING = """
+from pathlib import Path
+import mlflow
+from visionflow.config import load_params
+from visionflow.tracking import tracking_uri
+root = Path.cwd()
+mlflow.set_tracking_uri(tracking_uri(load_params(root / "params.yaml").tracking, root))
+mlflow.search_experiments()
+"""
+
+
 def run_stage(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, int]:
     """(wall seconds, peak RSS in MiB, exit code) of one stage process."""
     started = time.perf_counter()
@@ -97,6 +109,8 @@ def main() -> int:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
+    if jobs > 1:  # families started together would race to create a fresh MLflow store
+        subprocess.run([sys.executable, "-c", INIT_TRACKING], cwd=workdir, env=env, check=True)
     print(f"workdir: {workdir}\n")
     print(f"{'stage':<28}{'wall s':>9}{'peak MiB':>10}")
     started = time.perf_counter()
