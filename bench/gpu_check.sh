@@ -9,14 +9,16 @@
 #   3. bench/throughput.py on the GPU profile for every family: loader, step and end-to-end
 #      images/s, data-wait share and mean GPU utilisation while training.
 # nvidia-smi logs utilisation every 0.25 s throughout (gpu.csv). Everything goes to $OUT
-# (default: ./gpu-check-out). On a machine without CUDA (CHECK_CPU=1) it runs tiny versions
+# (default: ./gpu-check-out): gpu_check.log, the JSON of each step, gpu.csv, nvidia-smi.txt. On a machine without CUDA (CHECK_CPU=1) it runs tiny versions
 # of the same steps on the CPU, so the script itself can be tested anywhere.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1   # at most 8 files come back from the GPU machine: 7 here
 PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 MLFLOW_TRACKING_URI=sqlite:///$OUT/mlflow.db
+work=$(mktemp -d)   # pipelines' data, checkpoints and MLflow store: too big to bring back
+export PYTHONUNBUFFERED=1 MLFLOW_TRACKING_URI=sqlite:///$work/mlflow.db
 status=0
 
 if [ "${CHECK_CPU:-0}" = 1 ]; then
@@ -41,26 +43,25 @@ step() { echo; echo "=== $1 ($(date +%T))"; }
 step "default pipeline, all six families at once"
 start=$SECONDS
 sets=(); [ ${#tiny[@]} -gt 0 ] && sets=(--set "${tiny[@]}")
-$PY bench/pipeline.py --jobs 6 --workdir "$OUT/default" --json "$OUT/default.json" "${sets[@]}" 2>&1 \
-  | tee "$OUT/default.log" || status=1
+$PY bench/pipeline.py --jobs 6 --workdir "$work/default" --json "$OUT/default.json" "${sets[@]}" || status=1
 echo "default pipeline: $((SECONDS - start)) s wall"
 
 step "GPU profile: detection and stereo"
 start=$SECONDS
 sets=(); [ ${#profile_tiny[@]} -gt 0 ] && sets=(--set "${profile_tiny[@]}")
-$PY bench/pipeline.py --jobs 2 --tasks detection stereo --profile params.gpu.yaml --workdir "$OUT/profile" \
-  --json "$OUT/profile.json" "${sets[@]}" 2>&1 | tee "$OUT/profile.log" || status=1
+$PY bench/pipeline.py --jobs 2 --tasks detection stereo --profile params.gpu.yaml --workdir "$work/profile" \
+  --json "$OUT/profile.json" "${sets[@]}" || status=1
 echo "GPU profile: $((SECONDS - start)) s wall"
 
 quiet() { grep -v "^\(💡\|GPU available\|TPU available\|LOCAL_RANK\|Loading\|\`Trainer\)"; }
 step "throughput: detection and stereo with the GPU profile, every family with the defaults"
-$PY bench/throughput.py --params "$OUT/profile/params.yaml" --task detection --task stereo "${steps[@]}" \
-  --out "$OUT/throughput-profile.json" 2>&1 | quiet | tee "$OUT/throughput-profile.log"
+$PY bench/throughput.py --params "$work/profile/params.yaml" --task detection --task stereo "${steps[@]}" \
+  --out "$OUT/throughput-profile.json" 2>&1 | quiet
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
-$PY bench/throughput.py --params "$OUT/default/params.yaml" --task all "${steps[@]}" \
-  --out "$OUT/throughput-default.json" 2>&1 | quiet | tee "$OUT/throughput-default.log"
+$PY bench/throughput.py --params "$work/default/params.yaml" --task all "${steps[@]}" \
+  --out "$OUT/throughput-default.json" 2>&1 | quiet
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
-rm -rf "$OUT/default" "$OUT/profile"   # datasets and checkpoints: too big to bring back
+rm -rf "$work"
 echo; echo "gpu_check: exit $status; files in $OUT"
 exit $status
