@@ -900,27 +900,22 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate a params file; errors name the file and the key path."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read params file ({exc.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(raw, str(path))
+    return parse_params(_read_yaml(path), str(path))
 
 
-def read_yaml_mapping(path: str | Path) -> dict:
-    """A YAML file whose top level is a mapping; errors name the file."""
+def _read_yaml(path: str | Path) -> Any:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file whose top level is a mapping; errors name the file."""
+    data = _read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of params keys at the top level")
     return data
