@@ -57,15 +57,6 @@ def run_stage(command: list[str], cwd: Path, env: dict | None = None) -> tuple[f
     return wall, usage.ru_maxrss / 1024, code
 
 
-def set_param(params: dict, assignment: str) -> None:
-    key, value = assignment.split("=", 1)
-    *parents, leaf = key.split(".")
-    node = params
-    for part in parents:
-        node = node[part]
-    node[leaf] = yaml.safe_load(value)
-
-
 def run_family(cli: list[str], task: str, workdir: Path, env: dict | None) -> list[tuple[str, float, float, int]]:
     """Every stage of one family in order; stops at the first failure."""
     rows = []
@@ -91,14 +82,14 @@ def main() -> int:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="visionflow-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(PROJECT / "src"))
+    from visionflow.config import merge_overrides, profile_overrides
+
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     if args.profile:
-        sys.path.insert(0, str(PROJECT / "src"))
-        from visionflow.config import merge_overrides, profile_overrides
-
         params = merge_overrides(params, profile_overrides(PROJECT / "params.yaml", args.profile))
-    for assignment in args.overrides:
-        set_param(params, assignment)
+    params = merge_overrides(params, {key: yaml.safe_load(value) for key, _, value in
+                                      (assignment.partition("=") for assignment in args.overrides)})
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     tasks = args.tasks or params["tasks"]
     env_bin = Path(sys.executable).parent

@@ -31,28 +31,19 @@ sys.path.insert(0, str(ROOT / "src"))
 import visionflow  # noqa: E402,F401  (quiet, offline settings)
 
 
-def parse_override(text: str) -> tuple[list[str], object]:
-    import yaml
-
-    key, _, value = text.partition("=")
-    if not key or not _:
-        raise SystemExit(f"--set {text!r}: expected key.path=value")
-    return key.split("."), yaml.safe_load(value)
-
-
 def load_params(path: Path, overrides: list[str]):
+    """``path``'s params with ``key.path=value`` overrides (YAML values), validated."""
     import yaml
 
-    from visionflow.config import Params
+    from visionflow.config import merge_overrides, parse_params, read_yaml_mapping
 
-    raw = yaml.safe_load(path.read_text())
+    flat = {}
     for text in overrides:
-        keys, value = parse_override(text)
-        node = raw
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = value
-    return Params.model_validate(raw)
+        key, sep, value = text.partition("=")
+        if not key or not sep:
+            raise SystemExit(f"--set {text!r}: expected key.path=value")
+        flat[key] = yaml.safe_load(value)
+    return parse_params(merge_overrides(read_yaml_mapping(path), flat), str(path))
 
 
 class StepClock:
