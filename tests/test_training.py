@@ -131,3 +131,18 @@ def test_loader_processes_change_no_weight(setup, monkeypatch):
     assert summary["runtime"]["num_workers"] == 2
     for name, value in weights(paths.last_checkpoint).items():
         assert torch.equal(value, in_process[name]), name
+
+
+def test_a_run_with_loader_processes_resumes_exactly(setup, monkeypatch):
+    # Loader processes fetch the resumed epoch's first batches before Lightning sets the
+    # sampler's epoch: the sampler must take it from the trainer.
+    family, params, all_params, paths = setup
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)
+    two_workers = all_params.trainer.model_copy(update={"num_workers": 2})
+    with pytest.raises(Interrupt):
+        train_task(family, params, two_workers, all_params.tracking, paths, extra_callbacks=[InterruptMidEpoch(1)])
+    assert train_task(family, params, two_workers, all_params.tracking, paths)["resumed_from"] is not None
+    resumed = weights(paths.last_checkpoint)
+    train_task(family, params, two_workers, all_params.tracking, paths)
+    for name, value in weights(paths.last_checkpoint).items():
+        assert torch.equal(value, resumed[name]), name

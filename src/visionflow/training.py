@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from visionflow.config import TrackingParams, TrainerParams, params_hash
-from visionflow.data.batching import derived_seed
+from visionflow.data.batching import EpochSampler, derived_seed
 from visionflow.paths import TaskPaths
 from visionflow.runtime import Runtime, named_nondeterministic_ops, resolve_runtime, to_channels_last
 from visionflow.tasks.base import TaskFamily
@@ -189,7 +189,12 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
         trainer = build_trainer(trainer_params, params.train.epochs, scratch,
                                 [checkpoint, latest, history, EpochSeeding(params.train.seed), *extra_callbacks],
                                 runtime)
-        trainer.fit(module, train_dataloaders=datamodule.train_dataloader(),
+        train_loader = datamodule.train_dataloader()
+        if resume_from and isinstance(train_loader.sampler, EpochSampler):
+            # Checkpoints are written at an epoch's end: the run goes on with the next one.
+            saved = torch.load(resume_from, map_location="cpu", weights_only=True)["epoch"]
+            train_loader.sampler.set_epoch(saved + 1)
+        trainer.fit(module, train_dataloaders=train_loader,
                     val_dataloaders=datamodule.val_dataloader(), ckpt_path=resume_from)
         if not primary:
             return {}

@@ -51,8 +51,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, sample_seed)`` for one epoch: a permutation drawn from (seed, epoch)
     (or ``0..n-1`` unshuffled) and each index's augmentation seed, from (seed, epoch, index).
 
-    Lightning calls ``set_epoch`` before every epoch (also after a resume), which is all
-    the state there is.
+    The epoch is all the state there is. Lightning calls ``set_epoch`` before every epoch, but
+    a resumed run's loader processes draw their first batches before that call: whoever
+    resumes sets the epoch first (``training.train_task`` does).
     """
 
     def __init__(self, size: int, seed: int, shuffle: bool = True):
