@@ -12,6 +12,7 @@ inside a section is the family's own.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -948,7 +949,7 @@ def profile_overrides(params_path: str | Path, profile_path: str | Path) -> dict
 
 def merge_overrides(params: dict, overrides: dict[str, Any]) -> dict:
     """A copy of raw ``params`` with dotted ``overrides`` set."""
-    merged = json.loads(json.dumps(params))
+    merged = copy.deepcopy(params)
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
         node = merged
