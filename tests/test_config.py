@@ -38,6 +38,13 @@ def test_the_project_params_load():
     ({"segmentation": {"augment": [{"name": "HorizontalFlip", "prob": 0.5}]}}, "segmentation.augment[0].prob: unknown key"),
     ({"acquire": {"datasets": {"real": {"url": "https://example.com/x.tar.gz"}}}}, "acquire.datasets.real: sha256 is required for a url"),
     ({"tasks": ["segmentaton"]}, "tasks[0]: unknown task family 'segmentaton' (did you mean 'segmentation'?)"),
+    ({"segmentation": {"train": {"lr": float("inf")}}}, "segmentation.train.lr: input should be a finite number"),
+    ({"segmentation": {"train": {"lr": float("nan")}}}, "segmentation.train.lr: input should be a finite number"),
+    ({"stereo": {"augment": {"scale": [0.5, float("inf")]}}}, "stereo.augment.scale[1]: input should be a finite"),
+    ({"segmentation": {"train": {"epochs": True}}}, "segmentation.train.epochs: must be a number, not a boolean"),
+    ({"segmentation": {"train": {"lr": True}}}, "segmentation.train.lr: must be a number, not a boolean"),
+    ({"selfsup": {"evaluate": {"label_fractions": [True, 1.0]}}},
+     "selfsup.evaluate.label_fractions: must be a number, not a boolean"),
 ])
 def test_bad_values_name_the_key(overrides, expected):
     assert expected in error_for(**overrides)
@@ -46,6 +53,25 @@ def test_bad_values_name_the_key(overrides, expected):
 def test_every_error_is_reported_at_once():
     message = error_for(segmentation={"train": {"lr": 0, "batch_size": 0}})
     assert "segmentation.train.lr" in message and "segmentation.train.batch_size" in message
+
+
+def test_one_error_is_one_line_naming_the_file():
+    with pytest.raises(ConfigError) as caught:
+        parse_params(tiny_params_dict(segmentation={"train": {"lr": 0}}), "params.yaml")
+    assert str(caught.value) == "params.yaml: segmentation.train.lr: must be > 0.0 (got 0)"
+
+
+def test_booleans_stay_valid_where_booleans_belong():
+    params = parse_params(tiny_params_dict(trainer={"deterministic": True, "progress_bar": False}))
+    assert params.trainer.deterministic is True and params.trainer.progress_bar is False
+
+
+def test_a_duplicate_key_names_the_file_key_and_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("tasks: [segmentation]\nsegmentation:\n  train:\n    epochs: 1\n    lr: 0.1\n    epochs: 2\n")
+    with pytest.raises(ConfigError) as caught:
+        load_params(path)
+    assert str(caught.value) == f"{path}: line 6: duplicate key segmentation.train.epochs (first at line 4)"
 
 
 def test_unreadable_and_non_yaml_files_name_the_file(tmp_path):

@@ -30,9 +30,12 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    """Base for every params section: unknown keys are errors, values are checked on assignment."""
+    """Base for every params section: unknown keys are errors, values are checked on assignment.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Floats must be finite everywhere (``lr: .inf`` is a typo, not a setting).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- shared sections ----------------------------------------------------------------------
@@ -881,11 +884,39 @@ def _inner_model(annotation: Any) -> Any:
     return annotation
 
 
+def _booleans_taken_as_numbers(raw: Any, validated: Any, loc: tuple = ()) -> list[tuple]:
+    """Key paths where the file has ``true``/``false`` but the params hold a number.
+
+    Pydantic's lax mode reads ``epochs: true`` as 1; comparing the file with what was
+    validated catches that for every field, nested lists included, without per-field rules.
+    """
+    if isinstance(raw, bool):
+        return [] if isinstance(validated, bool) else [loc]
+    if isinstance(raw, dict) and isinstance(validated, dict):
+        return [path for key, value in raw.items() if key in validated
+                for path in _booleans_taken_as_numbers(value, validated[key], (*loc, key))]
+    if isinstance(raw, (list, tuple)) and isinstance(validated, (list, tuple)):
+        if len(raw) == len(validated):
+            return [path for i, (value, out) in enumerate(zip(raw, validated))
+                    for path in _booleans_taken_as_numbers(value, out, (*loc, i))]
+        # A validator reshaped the list (sorted, deduplicated): judge it whole.
+        if any(isinstance(v, bool) for v in raw) and not any(isinstance(v, bool) for v in validated):
+            return [loc]
+    return []
+
+
+def _error_message(source: str, lines: list[str]) -> str:
+    """One line for one error (a CLI prints it as is); a list for several."""
+    if len(lines) == 1:
+        return f"{source}: {lines[0]}"
+    return f"{source}: invalid params\n  " + "\n  ".join(lines)
+
+
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: must be a mapping of keys to values")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
@@ -896,7 +927,12 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
             if isinstance(cause, _KeyPathError):
                 loc, message = cause.loc, cause.message
             lines.append(f"{_key_path(loc) or '<root>'}: {message}")
-        raise ConfigError(f"{source}: invalid params\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(_error_message(source, lines)) from None
+    coerced = _booleans_taken_as_numbers(raw, params.model_dump(by_alias=True))
+    if coerced:
+        raise ConfigError(_error_message(source, [f"{_key_path(loc)}: must be a number, not a boolean"
+                                                  for loc in coerced]))
+    return params
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -904,14 +940,34 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(_read_yaml(path), str(path))
 
 
+def _check_unique_keys(node: yaml.Node, path: str, loc: tuple = ()) -> None:
+    """Refuse a mapping that repeats a key: YAML loaders keep the last, DVC calls the file corrupt."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            if key is not None and key != "<<":
+                if key in seen:
+                    raise ConfigError(f"{path}: line {line}: duplicate key {_key_path((*loc, key))} "
+                                      f"(first at line {seen[key]})")
+                seen[key] = line
+            _check_unique_keys(value_node, path, (*loc, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, path, (*loc, i))
+
+
 def _read_yaml(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text()
+        _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader), str(path))
+        return yaml.safe_load(text)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
 
 
 def read_yaml_mapping(path: str | Path) -> dict:
