@@ -6,8 +6,11 @@ import hashlib
 import http.server
 import io
 import json
+import shutil
+import subprocess
 import tarfile
 import threading
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -105,7 +108,7 @@ def test_downloads_verifies_extracts_and_retries(tmp_path, server, monkeypatch):
 
 def test_checksum_mismatch_leaves_nothing(tmp_path, server):
     server.routes["/shapes.tar.gz"] = GOOD
-    with pytest.raises(AcquireError, match="shapes.tar.gz: sha256 mismatch"):
+    with pytest.raises(AcquireError, match=r"dataset shapes \(http://.*/shapes.tar.gz\): sha256 mismatch"):
         acquire(tmp_path, shapes=DatasetSource(url=f"{server.url}/shapes.tar.gz", sha256="0" * 64))
     assert not (tmp_path / "raw/shapes").exists() and not (tmp_path / "raw/manifest.json").exists()
     assert not any((tmp_path / "downloads").iterdir())
@@ -145,3 +148,67 @@ def test_local_folder_as_image_folder(tmp_path):
     (folder / "a.png").write_bytes(PNG_1x1)
     manifest = acquire(tmp_path, photos=DatasetSource(path="photos", format="image_folder"))
     assert manifest["photos"]["images"] == 1 and (tmp_path / "raw/photos/cats/a.png").is_file()
+
+
+def dataset_folder(folder: Path) -> Path:
+    (folder / "images").mkdir(parents=True)
+    (folder / "train.json").write_text(json.dumps(COCO))
+    (folder / "images" / "a.png").write_bytes(PNG_1x1)
+    return folder
+
+
+@pytest.mark.skipif(not (shutil.which("tar") and shutil.which("zip")), reason="needs the tar and zip tools")
+def test_archives_as_tar_and_zip_make_them(tmp_path):
+    folder = dataset_folder(tmp_path / "src" / "shapes")
+    # `tar -C dir .` writes a "./" member and "./images/a.png"; zip writes "images/" entries.
+    subprocess.run(["tar", "czf", str(tmp_path / "dot.tgz"), "-C", str(folder), "."], check=True)
+    subprocess.run(["zip", "-qr", str(tmp_path / "inside.zip"), "."], cwd=folder, check=True)
+    subprocess.run(["zip", "-qr", str(tmp_path / "wrapped.zip"), "shapes"], cwd=folder.parent, check=True)
+    manifest = acquire(tmp_path, dot=DatasetSource(path="dot.tgz"), inside=DatasetSource(path="inside.zip"),
+                       wrapped=DatasetSource(path="wrapped.zip"))
+    for name in ("dot", "inside", "wrapped"):
+        assert manifest[name]["images"] == 1
+        assert (tmp_path / "raw" / name / "images/a.png").read_bytes() == PNG_1x1
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+BIG = {"train.json": json.dumps(COCO).encode(), "images/a.png": PNG_1x1, "noise.bin": bytes(range(256)) * 400}
+
+
+@pytest.mark.parametrize("name, data", [("shapes.tgz", tar_bytes(BIG)), ("shapes.zip", zip_bytes(BIG))])
+def test_a_truncated_archive_names_the_dataset_and_source(tmp_path, name, data):
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(AcquireError, match=rf"^dataset shapes \({name}\): truncated or corrupt archive"):
+        acquire(tmp_path, shapes=DatasetSource(path=name))
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == []
+
+
+def test_errors_name_the_source_not_the_staging_folder(tmp_path):
+    (tmp_path / "bad.tgz").write_bytes(tar_bytes({"train.json": json.dumps(COCO).encode()}))
+    with pytest.raises(AcquireError) as caught:
+        acquire(tmp_path, shapes=DatasetSource(path="bad.tgz"))
+    assert str(caught.value) == ("dataset shapes (bad.tgz): shapes/train.json: image id 1: "
+                                 "file_name 'images/a.png' not found in the dataset")
+
+
+def test_a_failed_reacquire_keeps_the_previous_copies_and_manifest(tmp_path):
+    (tmp_path / "good.tgz").write_bytes(GOOD)
+    first = acquire(tmp_path, shapes=DatasetSource(path="good.tgz"), more=DatasetSource(path="good.tgz"))
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "raw").rglob("*")) if p.is_file()}
+    # "more" changes and is fine, "shapes" is now broken: neither copy nor the manifest may change.
+    (tmp_path / "more.tgz").write_bytes(tar_bytes({**{"train.json": json.dumps(COCO).encode()},
+                                                   "images/a.png": PNG_1x1, "images/b.png": PNG_1x1}))
+    (tmp_path / "good.tgz").write_bytes(GOOD[: len(GOOD) // 2])
+    with pytest.raises(AcquireError, match=r"dataset shapes \(good.tgz\)"):
+        acquire(tmp_path, more=DatasetSource(path="more.tgz"), shapes=DatasetSource(path="good.tgz"))
+    after = {p: p.read_bytes() for p in sorted((tmp_path / "raw").rglob("*")) if p.is_file()}
+    assert after == before
+    assert json.loads((tmp_path / "raw/manifest.json").read_text()) == first
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["manifest.json", "more", "shapes"]

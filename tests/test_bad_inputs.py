@@ -31,7 +31,8 @@ PNG_1x1 = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415408d763f8cf"
     "c000000301010018dd8db00000000049454e44ae426082")
 COCO = {"images": [{"id": 1, "file_name": "images/a.png", "width": 1, "height": 1}],
-        "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "thing"}]}
 
 
 @dataclass(frozen=True)

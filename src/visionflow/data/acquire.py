@@ -5,14 +5,18 @@ folder or an archive). Downloads are retried, checked against their sha256 and
 kept in ``.cache/downloads`` so a rerun does not fetch again. Archives (tar,
 tar.gz/bz2/xz, zip) are extracted only if every member stays inside the target
 and none is a link or device. Each dataset is assembled in a hidden staging
-folder and renamed into place, and the manifest is written last: an
-interrupted run leaves no half-written dataset behind.
+folder; only when every dataset has been fetched and checked are they swapped
+into place, and the manifest is written last: a failed run leaves the previous
+good copies and their manifest as they were, an interrupted one no half-written
+dataset. Every error names the dataset and its source (URL or path), never the
+staging folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import shutil
 import tarfile
 import time
@@ -20,17 +24,20 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
 from visionflow.config import AcquireParams, DatasetSource
-from visionflow.data.coco import load_coco
-from visionflow.data.images import list_images
+from visionflow.data.coco import CocoFormatError, load_coco
+from visionflow.data.images import ImageReadError, list_images
 from visionflow.data.stereo import STEREO_FORMATS, check_stereo_dataset, list_splits
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
 CHUNK = 1 << 20
+# What a truncated or corrupt archive raises while it is read (gzip's BadGzipFile is an OSError).
+CORRUPT_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
 class AcquireError(RuntimeError):
@@ -90,14 +97,29 @@ def is_archive(path: Path) -> bool:
 
 
 def _check_member(name: str, archive: Path) -> PurePosixPath:
+    """The member's path; ``./`` and ``./sub/file`` (what ``tar -C dir .`` writes) are fine."""
     member = PurePosixPath(name)
-    if member.is_absolute() or ".." in member.parts or name.startswith(("/", "\\")) or ":" in member.parts[0]:
+    parts = member.parts
+    if (member.is_absolute() or ".." in parts or name.startswith(("/", "\\"))
+            or (parts and ":" in parts[0])):
         raise AcquireError(f"{archive}: member {name!r} would land outside the target folder")
     return member
 
 
 def extract_archive(archive: Path, target: Path) -> None:
-    """Extract into ``target``; refuse links, devices and members that escape it."""
+    """Extract into ``target``; refuse links, devices and members that escape it.
+
+    A truncated or corrupt archive raises :class:`AcquireError` naming ``archive``.
+    """
+    try:
+        _extract(archive, target)
+    except AcquireError:
+        raise
+    except CORRUPT_ARCHIVE_ERRORS as exc:
+        raise AcquireError(f"{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc})") from None
+
+
+def _extract(archive: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     if archive.name.lower().endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
@@ -165,54 +187,85 @@ def check_format(root: Path, source: DatasetSource, name: str) -> dict[str, int]
     return counts
 
 
-def acquire_dataset(name: str, source: DatasetSource, raw_dir: Path, cache_dir: Path,
-                    params: AcquireParams, project_root: Path, progress: bool = True) -> dict:
-    if source.url is not None:
-        retries = 0 if source.url.startswith("file://") else params.retries
-        fetched = download(source.url, source.sha256, cache_dir, retries, params.timeout_s, progress)
-    else:
-        fetched = (project_root / source.path).resolve()
-        if not fetched.exists():
-            raise AcquireError(f"dataset {name}: path {source.path} does not exist")
-        if source.sha256 is not None:
-            if not fetched.is_file():
-                raise AcquireError(f"dataset {name}: sha256 applies to a file, {source.path} is a folder")
-            if sha256_of(fetched) != source.sha256.lower():
-                raise AcquireError(f"dataset {name}: sha256 mismatch for {source.path}")
+def _swap_in(staged: Path, target: Path) -> None:
+    """Put ``staged`` at ``target``; the previous copy is removed only once the new one is in place."""
+    previous = target.with_name(f".{target.name}.previous.partial")
+    shutil.rmtree(previous, ignore_errors=True)
+    if target.exists():
+        target.rename(previous)
+    staged.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
 
-    staging = raw_dir / f".{name}.partial"
+
+def _relative_to_source(message: str, name: str, origin: str, content: Path, fetched: Path | None) -> str:
+    """``message`` without the prefixes the caller adds and with staged paths made relative
+    to the dataset's top (the paths a user sees inside their archive or folder)."""
+    for prefix in (f"dataset {name}: ", f"{origin}: ", f"{fetched}: "):
+        message = message.removeprefix(prefix)
+    return message.replace(f"{content}/", "").replace(str(content), ".")
+
+
+def stage_dataset(name: str, source: DatasetSource, staging: Path, cache_dir: Path, params: AcquireParams,
+                  project_root: Path, progress: bool = True) -> tuple[Path, dict]:
+    """Fetch, unpack and check one dataset below ``staging``; returns its root there and its
+    manifest entry. Errors name the dataset and its source, not the staging folder."""
+    origin = source.url or source.path
+    fetched: Path | None = None
     shutil.rmtree(staging, ignore_errors=True)
     try:
+        if source.url is not None:
+            retries = 0 if source.url.startswith("file://") else params.retries
+            fetched = download(source.url, source.sha256, cache_dir, retries, params.timeout_s, progress)
+        else:
+            fetched = (project_root / source.path).resolve()
+            if not fetched.exists():
+                raise AcquireError(f"path {source.path} does not exist")
+            if source.sha256 is not None:
+                if not fetched.is_file():
+                    raise AcquireError(f"sha256 applies to a file, {source.path} is a folder")
+                if sha256_of(fetched) != source.sha256.lower():
+                    raise AcquireError(f"sha256 mismatch for {source.path}")
         if fetched.is_dir():
             links = [p for p in fetched.rglob("*") if p.is_symlink()]
             if links:
-                raise AcquireError(f"dataset {name}: {links[0]} is a symbolic link")
+                raise AcquireError(f"{links[0].relative_to(fetched)} is a symbolic link")
             shutil.copytree(fetched, staging / "content")
         elif is_archive(fetched):
             extract_archive(fetched, staging / "content")
         else:
-            raise AcquireError(f"dataset {name}: {fetched.name} is neither a folder nor an archive "
+            raise AcquireError(f"{fetched.name} is neither a folder nor an archive "
                                f"({', '.join(ARCHIVE_SUFFIXES)})")
         content = _dataset_root(staging / "content", source)
         counts = check_format(content, source, name)
-        target = raw_dir / name
-        shutil.rmtree(target, ignore_errors=True)
-        content.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {"format": source.format, "source": source.url or source.path,
-            "sha256": source.sha256, **counts}
+    except (AcquireError, CocoFormatError, ImageReadError) as exc:  # acquire_all removes the staging folder
+        message = _relative_to_source(str(exc), name, origin, staging / "content", fetched)
+        raise AcquireError(f"dataset {name} ({origin}): {message}") from None
+    return content, {"format": source.format, "source": origin, "sha256": source.sha256, **counts}
 
 
 def acquire_all(params: AcquireParams, raw_dir: Path, cache_dir: Path, project_root: Path,
                 progress: bool = True) -> dict[str, dict]:
-    """Fetch every declared dataset, then write ``manifest.json`` (the last file written)."""
+    """Fetch every declared dataset, then write ``manifest.json`` (the last file written).
+
+    All datasets are staged and checked first; if any fails, the previous ``data/raw``
+    copies and manifest stay untouched.
+    """
     raw_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = raw_dir / "manifest.json"
-    manifest_path.unlink(missing_ok=True)
     manifest: dict[str, dict] = {}
-    for name, source in params.datasets.items():
-        manifest[name] = acquire_dataset(name, source, raw_dir, cache_dir, params, project_root, progress)
+    staged: dict[str, Path] = {}
+    stagings = [raw_dir / f".{name}.partial" for name in params.datasets]
+    try:
+        for (name, source), staging in zip(params.datasets.items(), stagings):
+            staged[name], manifest[name] = stage_dataset(name, source, staging, cache_dir, params,
+                                                         project_root, progress)
+        # From here on the folders change: no manifest until they are all in place.
+        manifest_path.unlink(missing_ok=True)
+        for name, root in staged.items():
+            _swap_in(root, raw_dir / name)
+    finally:
+        for staging in stagings:
+            shutil.rmtree(staging, ignore_errors=True)
     tmp = manifest_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     tmp.replace(manifest_path)
