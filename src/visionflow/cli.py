@@ -76,8 +76,11 @@ def run_coco_eval(args: argparse.Namespace) -> dict:
 
 
 def load_model(params, root: Path, task: str, model_ref: str):
-    """The exported model of ``task`` from a checkpoint path or an MLflow model URI."""
-    from visionflow.paths import TaskPaths
+    """The exported model of ``task`` from a checkpoint path or an MLflow model URI.
+
+    A checkpoint is enough on its own (no params file, no dataset). An MLflow model in
+    pickle format runs code from its file when loaded: see the README.
+    """
     from visionflow.tasks import get_task
 
     if "://" in model_ref or model_ref.startswith("models:/"):
@@ -85,11 +88,11 @@ def load_model(params, root: Path, task: str, model_ref: str):
 
         from visionflow.tracking import tracking_uri
 
-        mlflow.set_tracking_uri(tracking_uri(params.tracking, root))
+        if params is not None:  # else MLFLOW_TRACKING_URI or MLflow's default
+            mlflow.set_tracking_uri(tracking_uri(params.tracking, root))
         return mlflow.pytorch.load_model(model_ref)
-    family, paths = get_task(task), TaskPaths(task, root)
-    module = family.load_module(Path(model_ref))
-    return family.export(module, paths.data_root(params.task(task).data.source)).module
+    family = get_task(task)
+    return family.inference_module(family.load_module(Path(model_ref)))
 
 
 def run_profile(params_path: Path, profile: Path) -> None:
@@ -104,17 +107,23 @@ def run_profile(params_path: Path, profile: Path) -> None:
 
 
 def run_predict(params, root: Path, args: argparse.Namespace) -> dict:
+    """``params``: None when the folder has no params file (a checkpoint is all predict needs)."""
+    import torch
+
     from visionflow.config import ConfigError
     from visionflow.paths import TaskPaths
-    from visionflow.stages.evaluate import pick_device
+    from visionflow.runtime import device_type
     from visionflow.tasks import get_task
 
     if args.detector is not None and args.task != "pose":
         raise ConfigError(f"--detector: only pose crops boxes from a detector, not {args.task}")
-    family = get_task(args.task)
+    try:
+        family = get_task(args.task)
+    except KeyError as exc:
+        raise ConfigError(f"--task: {exc.args[0]}") from None
     model_ref = args.model or str(TaskPaths(args.task, root).best_checkpoint)
     model = load_model(params, root, args.task, model_ref)
-    device = pick_device(params.trainer.accelerator)
+    device = torch.device(device_type(params.trainer.accelerator if params is not None else "auto"))
     options = {}
     if args.detector is not None:
         options["detector"] = (None if args.detector == "none" else
@@ -128,13 +137,30 @@ def user_errors() -> tuple[type[Exception], ...]:
     from visionflow.config import ConfigError
     from visionflow.data.acquire import AcquireError
     from visionflow.data.coco import CocoFormatError
+    from visionflow.data.disparity import DisparityFormatError
     from visionflow.data.images import ImageReadError
     from visionflow.models.backbones import BackboneMismatchError
+    from visionflow.models.checkpoints import CheckpointError
 
     from visionflow.coco_eval import CocoResultsError
 
     return (ConfigError, CocoFormatError, CocoResultsError, ImageReadError, AcquireError, FileNotFoundError,
-            BackboneMismatchError)
+            BackboneMismatchError, DisparityFormatError, CheckpointError)
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc``, as one line where it came from a loader process.
+
+    An error raised in a DataLoader worker process comes back re-raised as the same type with
+    "Caught X in DataLoader worker process N." and the worker's traceback as its message; its
+    last line holds the original message.
+    """
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    prefix = f"{type(exc).__name__}: "
+    return last.split(prefix, 1)[1] if prefix in last else last
 
 
 def dispatch(args: argparse.Namespace) -> dict:
@@ -145,13 +171,14 @@ def dispatch(args: argparse.Namespace) -> dict:
         return run_coco_eval(args)
     params_path = args.params.resolve()
     root = params_path.parent
+    if args.command == "predict":
+        # A checkpoint is all predict needs: a folder holding only a model file will do.
+        return run_predict(load_params(params_path) if params_path.is_file() else None, root, args)
     params = load_params(params_path)
     if args.command == "check-params":
         return {"tasks": params.tasks}
     if args.command == "profile":
         return run_profile(params_path, args.profile)
-    if args.command == "predict":
-        return run_predict(params, root, args)
     stage = importlib.import_module(f"visionflow.stages.{args.command}")
     if args.command == "acquire":
         return stage.run(params, root, progress=not args.no_progress)
@@ -170,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = dispatch(args)
     except ConfigError as exc:
-        print(f"visionflow: {exc}", file=sys.stderr)
+        print(f"visionflow: {one_line(exc)}", file=sys.stderr)
         return 2
     except user_errors() as exc:
-        print(f"visionflow: error: {exc}", file=sys.stderr)
+        print(f"visionflow: error: {one_line(exc)}", file=sys.stderr)
         return 1
     if result is not None:
         print(json.dumps(result, indent=2, default=str))

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionflow.models.checkpoints import CheckpointError, load_weights
+
 BACKBONE_FORMAT = "visionflow-backbone/1"
 
 
@@ -50,13 +52,12 @@ def save_backbone(encoder: nn.Module, path: str | Path, meta: dict[str, Any] | N
 
 
 def _load_tensors(path: Path, what: str) -> Any:
-    """``torch.load`` of tensors only; a missing or unreadable file is an error naming it."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: backbone file not found")
+    """Tensors only (:func:`~visionflow.models.checkpoints.load_weights`); a missing or unreadable
+    file is an error naming it."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors all mean "not such a file"
-        raise BackboneMismatchError(f"{path}: not a readable {what} ({exc})") from None
+        return load_weights(path, what)
+    except CheckpointError as exc:
+        raise BackboneMismatchError(str(exc)) from None
 
 
 def read_backbone(path: str | Path) -> dict[str, Any]:

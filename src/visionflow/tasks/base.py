@@ -20,6 +20,31 @@ if TYPE_CHECKING:
     from visionflow.config import TrainerParams
 
 
+def output_stems(inputs: list[Path]) -> list[str]:
+    """One distinct file-name stem per input, for predict's outputs.
+
+    The input's stem where that is unique; where stems collide (``a/x.png``, ``b/x.png``),
+    the path below the inputs' common folder joined with ``__`` (``a__x``, ``b__x``); a file
+    given twice gets ``-2``, ``-3``.
+    """
+    import os
+
+    stems = [Path(p).stem for p in inputs]
+    if len(set(stems)) == len(stems):
+        return stems
+    resolved = [Path(p).resolve() for p in inputs]
+    common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    clashing = {s for s in stems if stems.count(s) > 1}
+    named = ["__".join(p.relative_to(common).with_suffix("").parts) if s in clashing else s
+             for p, s in zip(resolved, stems)]
+    seen: dict[str, int] = {}
+    unique = []
+    for name in named:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return unique
+
+
 @dataclass(frozen=True)
 class EvalOutputs:
     """Where ``evaluate`` writes besides the returned metrics."""
@@ -79,9 +104,17 @@ class TaskFamily(ABC):
     def load_module(self, checkpoint: Path) -> Any:
         """The trained model for inference, as ``evaluate`` and ``export`` take it.
 
-        Reading the file with ``torch.load`` (as
-        :mod:`visionflow.tasks.segmentation.checkpoints` does) avoids importing Lightning in
-        the evaluate and register stages.
+        Read through :mod:`visionflow.models.checkpoints` (``weights_only=True``, never
+        Lightning's ``load_from_checkpoint``); a checkpoint of another family, a truncated
+        one, or one without what the family needs is a ``CheckpointError`` naming the file.
+        """
+
+    @abstractmethod
+    def inference_module(self, module: Any) -> "torch.nn.Module":
+        """The plain ``nn.Module`` that ``predict`` runs and ``export`` registers, in eval mode.
+
+        Built from ``module`` alone: everything it needs (class names, category ids, crop
+        size, disparity range) is saved in the checkpoint, so predicting needs no dataset.
         """
 
     @abstractmethod

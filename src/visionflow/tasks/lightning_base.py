@@ -11,6 +11,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from visionflow.models.checkpoints import TASK_KEY
+
 
 # On an accelerator, reading the loss's finiteness back is a host-device sync that stalls the
 # queue of kernels: there the flag is kept on the device and read every this many steps.
@@ -28,6 +30,8 @@ class TaskModule(L.LightningModule):
     schedule, ...), saved in the checkpoint's hyperparameters.
     """
 
+    task_name: str = ""  # the family, recorded in every checkpoint (``models.checkpoints.TASK_KEY``)
+
     def __init__(self, optim: dict[str, Any]):
         super().__init__()
         self.optim = optim
@@ -36,6 +40,10 @@ class TaskModule(L.LightningModule):
 
     def model_step(self, batch: Any) -> tuple[Any, dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lets predict and evaluate say "a stereo checkpoint, not pose" instead of a KeyError.
+        checkpoint[TASK_KEY] = self.task_name
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         _, losses = self.model_step(batch)

@@ -97,10 +97,14 @@ class BoxFamily(TaskFamily):
 
     def module(self, params: "DetectionParams", datamodule: Any):
         return self._module_class()(datamodule.class_names, params.model.model_dump(), params.train.model_dump(),
-                                    datamodule.image_size, datamodule.val_ground_truth)
+                                    datamodule.image_size, datamodule.val_ground_truth,
+                                    category_ids=datamodule.category_ids)
 
     def load_module(self, checkpoint: Path):
-        return self._module_class().load_from_checkpoint(checkpoint, map_location="cpu")
+        from visionflow.models.checkpoints import build_from_checkpoint
+
+        return build_from_checkpoint(self._module_class(), checkpoint, self.name,
+                                     ("class_names", "model", "image_size"))
 
     def evaluate(self, params: "DetectionParams", module: Any, data_root: Path, out: EvalOutputs,
                  device: "torch.device") -> dict:
@@ -118,10 +122,8 @@ class BoxFamily(TaskFamily):
 
         test = CocoDetectionDataset(load_split(data_root, "test"))
         example = torch.stack([test[i % len(test)][0] for i in range(2)]).numpy()
-        detector = module.detector.eval()
-        # What predict needs to name classes; kept by the pickled MLflow copy too.
-        detector.class_names = list(module.class_names)
-        detector.category_ids = list(test.coco.category_ids)
+        # checkpoints from before category ids were saved take them from the test split
+        detector = _named_detector(module, module.category_ids or test.coco.category_ids)
         with torch.no_grad():
             width = detector(torch.from_numpy(example)).shape[-1]
         return ExportedModel(detector, example, (-1, 3, -1, -1),
@@ -132,10 +134,29 @@ class BoxFamily(TaskFamily):
         """``pt2`` (torch.export) or ``pickle`` for models with data-dependent shapes."""
         raise NotImplementedError
 
+    def inference_module(self, module: Any) -> Any:
+        """Images ``(N, 3, H, W)`` in [0, 1] -> ``(N, max_detections, 6 [+ 28*28])`` (see ``export``),
+        carrying ``class_names`` and the dataset's ``category_ids``."""
+        if module.category_ids is None:
+            from visionflow.models.checkpoints import CheckpointError
+
+            source = getattr(module, "source_checkpoint", f"this {self.name} checkpoint")
+            raise CheckpointError(f"{source}: no category_ids in the checkpoint (written by an older "
+                                  f"visionflow); retrain with `visionflow train --task {self.name}`")
+        return _named_detector(module, module.category_ids)
+
     def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device") -> list[Path]:
         from visionflow.tasks.boxes.predict import predict_detections
 
         return predict_detections(model, inputs, out_dir, device, self.with_masks)
+
+
+def _named_detector(module: Any, category_ids: list[int]) -> Any:
+    detector = module.detector.eval()
+    # What predict needs to name classes; kept by the pickled MLflow copy too.
+    detector.class_names = list(module.class_names)
+    detector.category_ids = list(category_ids)
+    return detector
 
 
 def _box_misses_mask(boxes, masks) -> float:

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from visionflow.config import BoxAugmentParams
 from visionflow.data.batching import TrainValLoaders, image_to_tensor, reseed_albumentations
-from visionflow.data.coco import CocoDataset, CocoFormatError, annotation_mask, load_coco
+from visionflow.data.coco import CocoDataset, CocoFormatError, annotation_mask, check_same_categories, load_coco
 
 
 def load_split(data_root: Path, split: str) -> CocoDataset:
@@ -161,12 +161,15 @@ class DetectionData(TrainValLoaders):
         self.train.coco.preload()
         val_split = "val" if (self.data_root / "val.json").is_file() else "test"
         self.val = CocoDetectionDataset(load_split(self.data_root, val_split), None, with_masks)
-        if self.train.class_names != self.val.class_names:
-            raise ValueError(f"{self.data_root}: train and {val_split} categories differ")
+        check_same_categories(self.train.coco, self.val.coco)
 
     @property
     def class_names(self) -> list[str]:
         return self.train.class_names
+
+    @property
+    def category_ids(self) -> list[int]:
+        return self.train.coco.category_ids
 
     @property
     def image_size(self) -> int:

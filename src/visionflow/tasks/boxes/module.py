@@ -23,9 +23,11 @@ class BoxTaskModule(TaskModule):
     with_masks = False
 
     def __init__(self, class_names: list[str], model: dict[str, Any], optim: dict[str, Any],
-                 image_size: int, val_ground_truth: dict | None = None):
+                 image_size: int, val_ground_truth: dict | None = None, category_ids: list[int] | None = None):
         super().__init__(optim)
         self.class_names = list(class_names)
+        # The dataset's category id of each class, saved so predict needs no dataset (None: older checkpoints).
+        self.category_ids = list(category_ids) if category_ids is not None else None
         self.model_params, self.image_size = model, image_size
         # The ground truth is data, not a hyperparameter: kept out of the checkpoint.
         self.val_ground_truth = val_ground_truth

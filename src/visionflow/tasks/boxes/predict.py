@@ -9,6 +9,7 @@ import torch
 
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.images import read_rgb, write_png
+from visionflow.tasks.base import output_stems
 from visionflow.tasks.boxes.results import detections_to_results, write_results
 from visionflow.viz import draw_boxes, overlay_instances, palette
 
@@ -19,7 +20,8 @@ OVERLAY_SCORE = 0.3
 def predict_detections(model: torch.nn.Module, images: list[Path], out_dir: Path, device: torch.device,
                        with_masks: bool = False) -> list[Path]:
     """Writes ``results.json`` (COCO results; image ids index ``images.json``), ``images.json``
-    (id, file_name, width, height) and ``<stem>_overlay.png`` (detections scoring >= 0.3).
+    (id, file_name, width, height) and ``<stem>_overlay.png`` (detections scoring >= 0.3; stems
+    made distinct by :func:`~visionflow.tasks.base.output_stems`).
 
     ``model``: ``(N, 3, H, W)`` in [0, 1] -> ``(N, D, 6 [+ M*M])`` (``visionflow.models.detectors``).
     Category ids come from the model's ``category_ids`` when it carries them, else class index + 1.
@@ -29,7 +31,7 @@ def predict_detections(model: torch.nn.Module, images: list[Path], out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device)
     results, records, written = [], [], []
-    for image_id, path in enumerate(images, start=1):
+    for (image_id, path), stem in zip(enumerate(images, start=1), output_stems(images)):
         image = read_rgb(path)
         height, width = image.shape[:2]
         rows = model(image_to_tensor(image)[None].to(device))[0].cpu()
@@ -44,7 +46,7 @@ def predict_detections(model: torch.nn.Module, images: list[Path], out_dir: Path
         if with_masks and len(shown):
             picture = overlay_instances(image, paste_box_masks(shown, height, width).numpy() > 0.5, classes,
                                         colours)
-        overlay = out_dir / f"{Path(path).stem}_overlay.png"
+        overlay = out_dir / f"{stem}_overlay.png"
         write_png(overlay, draw_boxes(picture, shown[:, :4].numpy(), classes, colours, shown[:, 4].numpy()))
         written.append(overlay)
     written.insert(0, write_results(out_dir / "results.json", results))

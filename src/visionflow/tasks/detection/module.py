@@ -14,9 +14,11 @@ from visionflow.tasks.boxes.module import BoxTaskModule
 class DetectionModule(BoxTaskModule):
     """``model["name"]``: ``centernet`` (anchor-free, ours) or ``retinanet`` (torchvision's)."""
 
+    task_name = "detection"
+
     def __init__(self, class_names: list[str], model: dict[str, Any], optim: dict[str, Any],
-                 image_size: int, val_ground_truth: dict | None = None):
-        super().__init__(class_names, model, optim, image_size, val_ground_truth)
+                 image_size: int, val_ground_truth: dict | None = None, category_ids: list[int] | None = None):
+        super().__init__(class_names, model, optim, image_size, val_ground_truth, category_ids)
         self.save_hyperparameters(ignore=["val_ground_truth"])
         num_classes = len(class_names)
         if model["name"] == "centernet":

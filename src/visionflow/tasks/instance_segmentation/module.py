@@ -13,11 +13,12 @@ from visionflow.tasks.boxes.module import BoxTaskModule
 class InstanceSegmentationModule(BoxTaskModule):
     """torchvision Mask R-CNN on the small residual backbone + FPN."""
 
+    task_name = "instance_segmentation"
     with_masks = True
 
     def __init__(self, class_names: list[str], model: dict[str, Any], optim: dict[str, Any],
-                 image_size: int, val_ground_truth: dict | None = None):
-        super().__init__(class_names, model, optim, image_size, val_ground_truth)
+                 image_size: int, val_ground_truth: dict | None = None, category_ids: list[int] | None = None):
+        super().__init__(class_names, model, optim, image_size, val_ground_truth, category_ids)
         self.save_hyperparameters(ignore=["val_ground_truth"])
         self.net = build_mask_rcnn(
             len(class_names), image_size, model["channels"], model["blocks"], model["fpn_channels"],

@@ -84,9 +84,10 @@ class Pose(TaskFamily):
         return PoseModule(datamodule.schema.as_dict(), params.model.model_dump(), params.train.model_dump())
 
     def load_module(self, checkpoint: Path):
+        from visionflow.models.checkpoints import build_from_checkpoint
         from visionflow.tasks.pose.module import PoseModule
 
-        return PoseModule.load_from_checkpoint(checkpoint, map_location="cpu")
+        return build_from_checkpoint(PoseModule, checkpoint, self.name, ("schema", "model"))
 
     def evaluate(self, params: "PoseParams", module: Any, data_root: Path, out: EvalOutputs,
                  device: "torch.device") -> dict:
@@ -108,9 +109,13 @@ class Pose(TaskFamily):
             example = np.stack([test[i % len(test)][0].numpy() for i in range(2)])
         else:
             example = np.zeros((2, 3, *module.crop_size), np.float32)
-        predictor = module.predictor.eval()
-        return ExportedModel(predictor, example, (-1, 3, *module.crop_size),
+        return ExportedModel(self.inference_module(module), example, (-1, 3, *module.crop_size),
                              (-1, module.schema.num_keypoints, 3))
+
+    def inference_module(self, module: Any) -> Any:
+        """Crops ``(N, 3, H, W)`` in [0, 1] -> keypoints ``(N, K, 3)``; carries its crop size,
+        skeleton and flip pairs as buffers."""
+        return module.predictor.eval()
 
     def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device",
                 detector: Any = "project") -> list[Path]:

@@ -59,6 +59,8 @@ def regression_loss(output: torch.Tensor, keypoints: torch.Tensor, crop_size: tu
 
 
 class PoseModule(TaskModule):
+    task_name = "pose"
+
     def __init__(self, schema: dict[str, Any], model: dict[str, Any], optim: dict[str, Any]):
         super().__init__(optim)
         self.save_hyperparameters()

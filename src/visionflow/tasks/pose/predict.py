@@ -4,7 +4,7 @@ Boxes come from a detection model: the one given (``visionflow predict --detecto
 else the project's ``models/detection/best.ckpt`` when it exists; without one each
 image is one box, the whole image, which suits images of a single object. Writes per
 image ``<stem>_keypoints.json`` (COCO keypoint results, image pixels) and
-``<stem>_overlay.png``.
+``<stem>_overlay.png`` (stems made distinct by :func:`~visionflow.tasks.base.output_stems`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.images import read_rgb, write_png
+from visionflow.tasks.base import output_stems
 from visionflow.tasks.pose.data import CropGeometry, crop_image, crop_transform
 from visionflow.viz import draw_keypoints
 
@@ -46,8 +47,7 @@ def project_detector(device: torch.device) -> Any | None:
         print(f"visionflow predict: no detection model ({checkpoint}); each image is one box",
               file=sys.stderr)
         return None
-    module = family.load_module(checkpoint)
-    return family.export(module, TaskPaths("detection", root).synthetic).module.to(device).eval()
+    return family.inference_module(family.load_module(checkpoint)).to(device).eval()
 
 
 def _boxes(detector: Any | None, image: np.ndarray, device: torch.device, min_score: float = 0.3
@@ -78,7 +78,7 @@ def predict_keypoints(model: torch.nn.Module, images: list[Path], out_dir: Path,
     skeleton = [tuple(p) for p in skeleton.tolist()] if skeleton is not None else []
     flip_index = flip_index.tolist() if flip_index is not None and flip_index.numel() else None
     written = []
-    for path in images:
+    for path, stem in zip(images, output_stems(images)):
         image = read_rgb(path)
         boxes = _boxes(detector, image, device)
         results, overlay = [], image
@@ -92,9 +92,9 @@ def predict_keypoints(model: torch.nn.Module, images: list[Path], out_dir: Path,
                 results.append({"file_name": Path(path).name, "bbox": box, "box_score": score,
                                 "keypoints": [round(float(v), 3) for v in row.ravel()]})
                 overlay = draw_keypoints(overlay, row, skeleton, min_score=0.2, flip_index=flip_index)
-        json_path = out_dir / f"{Path(path).stem}_keypoints.json"
+        json_path = out_dir / f"{stem}_keypoints.json"
         json_path.write_text(json.dumps(results, indent=1) + "\n")
-        png_path = out_dir / f"{Path(path).stem}_overlay.png"
+        png_path = out_dir / f"{stem}_overlay.png"
         write_png(png_path, overlay)
         written += [json_path, png_path]
     return written

@@ -89,8 +89,12 @@ class Segmentation(TaskFamily):
 
         test = CocoSemanticDataset(load_split(data_root, "test"))
         example = torch.stack([test[i % len(test)][0] for i in range(2)]).numpy()
-        return ExportedModel(module.net.eval(), example, (-1, 3, -1, -1),
+        return ExportedModel(self.inference_module(module), example, (-1, 3, -1, -1),
                              (-1, len(module.class_names), -1, -1))
+
+    def inference_module(self, module: Any) -> Any:
+        """Images ``(N, 3, H, W)`` in [0, 1] -> logits ``(N, C, H, W)``, C = classes + background."""
+        return module.net.eval()
 
     def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device") -> list[Path]:
         from visionflow.tasks.segmentation.predict import predict_masks

@@ -14,6 +14,8 @@ from visionflow.tasks.lightning_base import TaskModule
 class SegmentationModule(TaskModule):
     """Batches are (images (N, 3, H, W) in [0, 1], labels (N, H, W) int64)."""
 
+    task_name = "segmentation"
+
     def __init__(self, class_names: list[str], model: dict[str, Any], optim: dict[str, Any]):
         super().__init__(optim)
         self.save_hyperparameters()

@@ -11,7 +11,8 @@ from torch import nn
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.images import read_rgb, write_png
 from visionflow.models.unet import UNet
-from visionflow.tasks.segmentation.checkpoints import read_lightning_checkpoint, sub_state_dict
+from visionflow.tasks.base import output_stems
+from visionflow.models.checkpoints import CheckpointError, read_lightning_checkpoint, require_hparams, sub_state_dict
 from visionflow.viz import overlay_labels, palette
 
 
@@ -25,10 +26,15 @@ class SegmentationModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: Path) -> "SegmentationModel":
-        state_dict, hparams = read_lightning_checkpoint(path)
-        model = hparams["model"]
-        net = UNet(len(hparams["class_names"]), tuple(model["channels"]), tuple(model["dilations"]))
-        net.load_state_dict(sub_state_dict(state_dict, "net"))
+        state_dict, hparams = read_lightning_checkpoint(path, "segmentation")
+        require_hparams(hparams, ("class_names", "model"), path, "segmentation")
+        try:
+            model = hparams["model"]
+            net = UNet(len(hparams["class_names"]), tuple(model["channels"]), tuple(model["dilations"]))
+            net.load_state_dict(sub_state_dict(state_dict, "net"))
+        except (TypeError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: does not fit a segmentation model ({str(exc).splitlines()[0]}); "
+                                  f"retrain with `visionflow train --task segmentation`") from None
         return cls(net, hparams["class_names"]).eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -44,20 +50,21 @@ class SegmentationModel(nn.Module):
 @torch.no_grad()
 def predict_masks(model: torch.nn.Module, images: list[Path], out_dir: Path,
                   device: torch.device) -> list[Path]:
-    """For each image: ``<stem>_labels.png`` (class index per pixel) and ``<stem>_overlay.png``.
+    """For each image: ``<stem>_labels.png`` (class index per pixel) and ``<stem>_overlay.png``
+    (stems made distinct by :func:`~visionflow.tasks.base.output_stems`).
 
     ``model`` maps images (1, 3, H, W) in [0, 1] to logits (1, C, H, W): the exported network.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device)
     written = []
-    for path in images:
+    for path, stem in zip(images, output_stems(images)):
         image = read_rgb(path)
         logits = model(image_to_tensor(image)[None].to(device))
         labels = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
         colours = palette(logits.shape[1])
         for suffix, picture in (("labels", labels), ("overlay", overlay_labels(image, labels, colours))):
-            target = out_dir / f"{Path(path).stem}_{suffix}.png"
+            target = out_dir / f"{stem}_{suffix}.png"
             write_png(target, picture)
             written.append(target)
     return written

@@ -105,9 +105,10 @@ class Selfsup(TaskFamily):
         return SelfsupModule(params.model.model_dump(), params.train.model_dump())
 
     def load_module(self, checkpoint: Path):
+        from visionflow.models.checkpoints import build_from_checkpoint
         from visionflow.tasks.selfsup.module import SelfsupModule
 
-        return SelfsupModule.load_from_checkpoint(checkpoint, map_location="cpu")
+        return build_from_checkpoint(SelfsupModule, checkpoint, self.name, ("model",))
 
     def start_from_backbone(self, module: Any, backbone: Path) -> None:
         """Continue pretraining from an earlier backbone (the projection head starts afresh)."""
@@ -133,8 +134,12 @@ class Selfsup(TaskFamily):
         probe = load_probe_set(probe_root(synthetic, raw, "synthetic"))
         paths = (probe.test_paths * 2)[:2]  # a batch of 2: torch.export pins a batch of 1
         example = torch.stack([image_to_tensor(read_rgb(p)) for p in paths]).numpy()
-        embedding = module.net.embedding.eval()
+        embedding = self.inference_module(module)
         return ExportedModel(embedding, example, (-1, 3, -1, -1), (-1, embedding.dim))
+
+    def inference_module(self, module: Any) -> Any:
+        """Images ``(N, 3, H, W)`` in [0, 1] -> pooled encoder embeddings ``(N, D)``."""
+        return module.net.embedding.eval()
 
     def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device") -> list[Path]:
         from visionflow.tasks.selfsup.predict import predict_embeddings

@@ -18,6 +18,8 @@ class SelfsupModule(TaskModule):
     (N, D); ``net.head`` projects for the loss and is dropped after pretraining.
     """
 
+    task_name = "selfsup"
+
     def __init__(self, model: dict[str, Any], optim: dict[str, Any]):
         super().__init__(optim)
         self.save_hyperparameters()

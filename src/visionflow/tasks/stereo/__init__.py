@@ -65,11 +65,12 @@ class Stereo(TaskFamily):
         return StereoModule(params.model.model_dump(mode="json"), params.train.model_dump(mode="json"))
 
     def load_module(self, checkpoint: Path):
+        from visionflow.models.checkpoints import build_from_checkpoint
         from visionflow.tasks.stereo.module import StereoModule
 
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"{checkpoint}: checkpoint not found; run `visionflow train --task stereo`")
-        return StereoModule.load_from_checkpoint(checkpoint, map_location="cpu")
+        return build_from_checkpoint(StereoModule, checkpoint, self.name, ("model",))
 
     def evaluate(self, params: "StereoParams", module: Any, data_root: Path, out: EvalOutputs,
                  device: "torch.device") -> dict:
@@ -82,7 +83,6 @@ class Stereo(TaskFamily):
 
         from visionflow.data.stereo import find_pairs, list_splits, read_pair
         from visionflow.tasks.stereo.evaluate import pair_tensor
-        from visionflow.tasks.stereo.network import StereoInference
 
         split = "test" if "test" in list_splits(data_root) else list_splits(data_root)[0]
         records = find_pairs(data_root, split)
@@ -90,8 +90,14 @@ class Stereo(TaskFamily):
         height = min(p.left.shape[0] for p in pairs)
         width = min(p.left.shape[1] for p in pairs)
         example = torch.cat([pair_tensor(p.left[:height, :width], p.right[:height, :width]) for p in pairs])
-        return ExportedModel(StereoInference(module.net).eval(), example.numpy(), (-1, 6, -1, -1),
+        return ExportedModel(self.inference_module(module), example.numpy(), (-1, 6, -1, -1),
                              (-1, 1, -1, -1))
+
+    def inference_module(self, module: Any) -> Any:
+        """Pairs ``(N, 6, H, W)`` -> disparity ``(N, 1, H, W)``; carries its trained ``max_disparity``."""
+        from visionflow.tasks.stereo.network import StereoInference
+
+        return StereoInference(module.net).eval()
 
     def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device") -> list[Path]:
         from visionflow.tasks.stereo.predict import predict_disparity

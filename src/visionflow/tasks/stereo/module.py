@@ -47,6 +47,8 @@ def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
 
 
 class StereoModule(TaskModule):
+    task_name = "stereo"
+
     def __init__(self, model: dict[str, Any], optim: dict[str, Any]):
         super().__init__(optim)
         self.save_hyperparameters()

@@ -10,6 +10,7 @@ import torch
 from visionflow.data.disparity import write_pfm
 from visionflow.data.images import ImageReadError, read_rgb, write_png
 from visionflow.data.stereo import read_calib_ndisp
+from visionflow.tasks.base import output_stems
 from visionflow.tasks.stereo.evaluate import pair_tensor
 from visionflow.tasks.stereo.network import infer_disparity
 from visionflow.tasks.stereo.viz import disparity_colour
@@ -33,7 +34,8 @@ def predict_disparity(model: torch.nn.Module, inputs: list[Path], out_dir: Path,
     """``inputs``: LEFT RIGHT [LEFT RIGHT ...] rectified pairs.
 
     For each pair writes ``<left stem>_disparity.pfm`` (float32 px, Middlebury PFM) and
-    ``<left stem>_disparity.png`` (colour map). A Middlebury ``calib.txt`` beside the left
+    ``<left stem>_disparity.png`` (colour map); left stems made distinct by
+    :func:`~visionflow.tasks.base.output_stems` (Middlebury's ``a/im0.png``, ``b/im0.png``). A Middlebury ``calib.txt`` beside the left
     image gives the disparity range (``ndisp``); otherwise it is probed.
     """
     if len(inputs) % 2:
@@ -42,7 +44,8 @@ def predict_disparity(model: torch.nn.Module, inputs: list[Path], out_dir: Path,
     model = model.to(device)
     trained_max = trained_range(model)
     written = []
-    for left_path, right_path in zip(inputs[0::2], inputs[1::2]):
+    lefts = list(inputs[0::2])
+    for left_path, right_path, left_stem in zip(lefts, inputs[1::2], output_stems(lefts)):
         left, right = read_rgb(left_path), read_rgb(right_path)
         if left.shape != right.shape:
             raise ImageReadError(f"{right_path}: right image is {right.shape[1]}x{right.shape[0]}, left "
@@ -51,7 +54,7 @@ def predict_disparity(model: torch.nn.Module, inputs: list[Path], out_dir: Path,
         search = read_calib_ndisp(calib) if calib.is_file() else None
         disparity = infer_disparity(model, pair_tensor(left, right).to(device), trained_max, search)
         disparity = disparity[0, 0].cpu().numpy().astype(np.float32)
-        stem = out_dir / f"{Path(left_path).stem}_disparity"
+        stem = out_dir / f"{left_stem}_disparity"
         write_pfm(stem.with_suffix(".pfm"), disparity)
         write_png(stem.with_suffix(".png"), disparity_colour(disparity, float(disparity.max()) or 1.0))
         written += [stem.with_suffix(".pfm"), stem.with_suffix(".png")]
