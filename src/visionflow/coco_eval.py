@@ -79,6 +79,31 @@ def _load_json(source: str | Path | dict | list, what: str) -> Any:
         raise CocoResultsError(f"{source}: {what} is not valid JSON: {exc}") from None
 
 
+def _finite_numbers(values: Any) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def check_ground_truth(gt: Any, source: str = "ground truth") -> None:
+    """What scoring reads from the ground truth: lists of objects with ids, names and boxes."""
+    if not isinstance(gt, dict):
+        raise CocoResultsError(f"{source}: top level must be an object")
+    for key, fields in (("images", ("id",)), ("categories", ("id", "name")),
+                        ("annotations", ("id", "image_id", "category_id", "bbox"))):
+        if not isinstance(gt.get(key), list):
+            raise CocoResultsError(f"{source}: missing field '{key}' (a list)")
+        for index, record in enumerate(gt[key]):
+            where = f"{source}: {key} entry {index}"
+            if not isinstance(record, dict):
+                raise CocoResultsError(f"{where}: must be an object, not {type(record).__name__}")
+            for field_name in fields:
+                if field_name not in record:
+                    raise CocoResultsError(f"{where}: missing field '{field_name}'")
+            if key == "annotations" and (not _finite_numbers(record["bbox"]) or len(record["bbox"]) != 4):
+                raise CocoResultsError(f"{source}: annotation id {record['id']}: field 'bbox' must be "
+                                       f"4 finite numbers [x, y, width, height]")
+
+
 def check_results(results: list, gt: dict, iou_type: str, source: str = "results") -> None:
     """Every result must name a known image and category and carry what ``iou_type`` scores."""
     if not isinstance(results, list):
@@ -88,9 +113,19 @@ def check_results(results: list, gt: dict, iou_type: str, source: str = "results
     needed = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[iou_type]
     for index, result in enumerate(results):
         where = f"{source}: result {index}"
+        if not isinstance(result, dict):
+            raise CocoResultsError(f"{where}: must be an object, not {type(result).__name__}")
         for key in ("image_id", "category_id", "score", needed):
             if key not in result:
                 raise CocoResultsError(f"{where}: missing field '{key}'")
+        # pycocotools reads bbox wherever it is given (and scores a NaN box silently as a miss)
+        if "bbox" in result and (not _finite_numbers(result["bbox"]) or len(result["bbox"]) != 4):
+            raise CocoResultsError(f"{where}: field 'bbox' must be 4 finite numbers [x, y, width, height], "
+                                   f"got {result['bbox']}")
+        if "keypoints" in result and (not _finite_numbers(result["keypoints"]) or len(result["keypoints"]) % 3):
+            raise CocoResultsError(f"{where}: field 'keypoints' must be finite x, y, score triples")
+        if "segmentation" in result and not isinstance(result["segmentation"], (dict, list)):
+            raise CocoResultsError(f"{where}: field 'segmentation' must be RLE or polygons")
         if result["image_id"] not in image_ids:
             raise CocoResultsError(f"{where}: image_id {result['image_id']} is not in the ground truth")
         if result["category_id"] not in category_ids:
@@ -119,6 +154,7 @@ def evaluate_coco(gt: str | Path | dict, results: str | Path | list, iou_type: I
         raise ValueError(f"iou_type must be one of {', '.join(DEFAULT_MAX_DETS)}, got {iou_type!r}")
     gt_data = copy.deepcopy(_load_json(gt, "ground truth"))
     results_data = copy.deepcopy(_load_json(results, "results"))
+    check_ground_truth(gt_data, str(gt) if isinstance(gt, (str, Path)) else "ground truth")
     check_results(results_data, gt_data, iou_type, str(results) if isinstance(results, (str, Path)) else "results")
     for annotation in gt_data["annotations"]:  # pycocotools needs these; COCO files may omit them
         annotation.setdefault("iscrowd", 0)

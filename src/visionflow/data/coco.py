@@ -8,6 +8,7 @@ are RLE (compressed or not) or polygons, as pycocotools reads them.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pycocotools import mask as mask_utils
 
 from visionflow.constants import IGNORE_INDEX
 from visionflow.data.images import ImageReadError, read_rgb
+
+logger = logging.getLogger(__name__)
 
 BOX_TOLERANCE_PX = 1.0  # boxes may stick out of the image by rounding, no more
 
@@ -89,6 +92,8 @@ class CocoDataset:
 
 
 def _require(record: dict, key: str, where: str, kinds: type | tuple[type, ...]) -> Any:
+    if not isinstance(record, dict):
+        raise CocoFormatError(f"{where}: must be an object, not {type(record).__name__}")
     if key not in record:
         raise CocoFormatError(f"{where}: missing field '{key}'")
     value = record[key]
@@ -103,6 +108,13 @@ def _finite(values: list, where: str, key: str) -> None:
         raise CocoFormatError(f"{where}: field '{key}' holds a non-finite or non-numeric value")
 
 
+def _record_id(record: Any, index: int) -> str:
+    """How an error names a record: its id, else its position in the list."""
+    if isinstance(record, dict) and "id" in record:
+        return str(record["id"])
+    return f"? (entry {index})"
+
+
 def validate_coco(data: Any, path: Path) -> tuple[list[dict], list[dict], list[dict]]:
     """Check a parsed COCO file; returns (images, annotations, categories)."""
     if not isinstance(data, dict):
@@ -112,8 +124,8 @@ def validate_coco(data: Any, path: Path) -> tuple[list[dict], list[dict], list[d
     categories = _require(data, "categories", str(path), list)
 
     category_ids: dict[int, dict] = {}
-    for category in categories:
-        where = f"{path}: category {category.get('id', '?')}"
+    for index, category in enumerate(categories):
+        where = f"{path}: category {_record_id(category, index)}"
         cid = _require(category, "id", where, int)
         _require(category, "name", where, str)
         if cid in category_ids:
@@ -123,8 +135,8 @@ def validate_coco(data: Any, path: Path) -> tuple[list[dict], list[dict], list[d
         category_ids[cid] = category
 
     image_sizes: dict[int, tuple[int, int]] = {}
-    for image in images:
-        where = f"{path}: image {image.get('id', '?')}"
+    for index, image in enumerate(images):
+        where = f"{path}: image {_record_id(image, index)}"
         iid = _require(image, "id", where, int)
         _require(image, "file_name", where, str)
         width = _require(image, "width", where, int)
@@ -138,8 +150,8 @@ def validate_coco(data: Any, path: Path) -> tuple[list[dict], list[dict], list[d
         image_sizes[iid] = (width, height)
 
     seen: set[int] = set()
-    for annotation in annotations:
-        where = f"{path}: annotation id {annotation.get('id', '?')}"
+    for index, annotation in enumerate(annotations):
+        where = f"{path}: annotation id {_record_id(annotation, index)}"
         aid = _require(annotation, "id", where, int)
         if aid in seen:
             raise CocoFormatError(f"{where}: duplicate annotation id")
@@ -185,11 +197,66 @@ def _check_segmentation(segmentation: Any, where: str, size: tuple[int, int]) ->
     elif isinstance(segmentation, dict):
         if "counts" not in segmentation or "size" not in segmentation:
             raise CocoFormatError(f"{where}: field 'segmentation' RLE needs 'counts' and 'size'")
-        if list(segmentation["size"]) != list(size):
+        if not isinstance(segmentation["size"], list) or list(segmentation["size"]) != list(size):
             raise CocoFormatError(f"{where}: field 'segmentation' RLE size {segmentation['size']} "
                                   f"differs from its image's height, width {list(size)}")
+        _check_rle_counts(segmentation["counts"], where, size)
     else:
         raise CocoFormatError(f"{where}: field 'segmentation' must be polygons or RLE")
+
+
+def check_same_categories(train: CocoDataset, val: CocoDataset) -> None:
+    """Validation must score the classes training learns: same ids and names, same order."""
+    ours = [(c["id"], c["name"]) for c in train.categories]
+    theirs = [(c["id"], c["name"]) for c in val.categories]
+    if ours != theirs:
+        raise CocoFormatError(f"{val.path}: categories {theirs} differ from {train.path}'s {ours} "
+                              f"(id, name); both splits need the same list")
+
+
+def rle_string_counts(counts: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString`` in Python).
+
+    Each number is 6-bit characters from '0' (48) on: 5 bits of value, bit 0x20 "more follows",
+    a sign from bit 0x10 of the last; from the fourth on, a number is a difference to the
+    run two before. Raises ValueError on a character outside the alphabet or a cut-off number,
+    which pycocotools would read past the end of the string.
+    """
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(counts):
+                raise ValueError("the string ends inside a number")
+            code = ord(counts[position]) - 48
+            if not 0 <= code < 64:
+                raise ValueError(f"character {counts[position]!r} at {position} is not RLE")
+            value |= (code & 0x1F) << shift
+            more = bool(code & 0x20)
+            position, shift = position + 1, shift + 5
+            if not more and code & 0x10:
+                value |= -1 << shift
+        runs.append(value + runs[-2] if len(runs) > 2 else value)
+    return runs
+
+
+def _check_rle_counts(counts: Any, where: str, size: tuple[int, int]) -> None:
+    """Run lengths must be non-negative and cover the image exactly (pycocotools crashes, or
+    fails later naming nothing, otherwise)."""
+    if isinstance(counts, str):
+        try:
+            runs = rle_string_counts(counts)
+        except ValueError as exc:
+            raise CocoFormatError(f"{where}: field 'segmentation' RLE counts are corrupt: {exc}") from None
+    elif isinstance(counts, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+        runs = counts
+    else:
+        raise CocoFormatError(f"{where}: field 'segmentation' RLE counts must be a string or a list of integers")
+    if any(run < 0 for run in runs) or sum(runs) != size[0] * size[1]:
+        raise CocoFormatError(f"{where}: field 'segmentation' RLE counts are corrupt: runs sum to {sum(runs)} "
+                              f"pixels (negative runs: {sum(run < 0 for run in runs)}), the image has "
+                              f"{size[0]}x{size[1]} = {size[0] * size[1]}")
 
 
 def load_coco(path: str | Path, root: str | Path | None = None) -> CocoDataset:
@@ -202,6 +269,9 @@ def load_coco(path: str | Path, root: str | Path | None = None) -> CocoDataset:
     except json.JSONDecodeError as exc:
         raise CocoFormatError(f"{path}: not valid JSON: {exc}") from None
     images, annotations, categories = validate_coco(data, path)
+    if images and not annotations:
+        # Scores on such a split are -1 ("not applicable") and training learns only background.
+        logger.warning("visionflow: warning: %s: %d images but no annotations", path, len(images))
     return CocoDataset(path, Path(root) if root is not None else path.parent, images, annotations,
                        categories)
 

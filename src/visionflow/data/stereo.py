@@ -165,6 +165,9 @@ def read_pair(record: StereoRecord, with_labels: bool = True) -> StereoPair:
         raise ImageReadError(f"{record.disparity}: disparity is {disparity.shape[1]}x{disparity.shape[0]} "
                              f"but image {record.left} is {left.shape[1]}x{left.shape[0]}")
     finite = disparity[np.isfinite(disparity)]
+    if not finite.size:  # trained on, it gives a loss of 0 and teaches nothing
+        raise ImageReadError(f"{record.disparity}: no valid disparity (every pixel is NaN, inf or, in "
+                             f"KITTI PNGs, 0)")
     if (finite < 0).any():
         raise ImageReadError(f"{record.disparity}: negative disparity values (min {finite.min():.3f})")
     pair.disparity = disparity

@@ -366,8 +366,8 @@ class PoseDataModule(TrainValLoaders):
         val_coco = load_split(self.data_root, val_split)
         val_schema = keypoint_schema(val_coco, flip_pairs=None)
         if val_schema.names != schema.names:
-            raise ValueError(f"{self.data_root}: train and {val_split} keypoints differ: "
-                             f"{list(schema.names)} vs {list(val_schema.names)}")
+            raise CocoFormatError(f"{val_coco.path}: keypoints {list(val_schema.names)} differ from "
+                                  f"{self.train.coco.path}'s {list(schema.names)}")
         self.val = CocoPoseDataset(val_coco, schema, geometry)
         if not len(self.train):
-            raise ValueError(f"{self.data_root}/train.json: no object with labelled keypoints to train on")
+            raise CocoFormatError(f"{self.data_root}/train.json: no object with labelled keypoints to train on")

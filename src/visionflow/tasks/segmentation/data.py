@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from visionflow.data.batching import TrainValLoaders, image_to_tensor, pad_collate, reseed_albumentations
-from visionflow.data.coco import CocoDataset, load_coco, semantic_mask
+from visionflow.data.coco import CocoDataset, check_same_categories, load_coco, semantic_mask
 
 
 class CocoSemanticDataset(Dataset):
@@ -72,8 +72,7 @@ class SegmentationData(TrainValLoaders):
         self.train.coco.preload()
         val_split = "val" if (self.data_root / "val.json").is_file() else "test"
         self.val = CocoSemanticDataset(load_split(self.data_root, val_split))
-        if self.train.class_names != self.val.class_names:
-            raise ValueError(f"{self.data_root}: train and {val_split} categories differ")
+        check_same_categories(self.train.coco, self.val.coco)
 
     @property
     def class_names(self) -> list[str]:
