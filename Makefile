@@ -59,10 +59,7 @@ test-slow: install
 
 ## ui: Prefect UI on http://127.0.0.1:4200 and MLflow UI on http://127.0.0.1:5000 (Ctrl-C stops both)
 ui: install
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) & \
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
-	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts; \
-	kill %1
+	BIN=$(BIN) PREFECT_PORT=$(PREFECT_PORT) MLFLOW_PORT=$(MLFLOW_PORT) bash scripts/ui.sh
 
 prefect-ui: install
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
