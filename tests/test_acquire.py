@@ -182,9 +182,21 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
 BIG = {"train.json": json.dumps(COCO).encode(), "images/a.png": PNG_1x1, "noise.bin": bytes(range(256)) * 400}
 
 
-@pytest.mark.parametrize("name, data", [("shapes.tgz", tar_bytes(BIG)), ("shapes.zip", zip_bytes(BIG))])
-def test_a_truncated_archive_names_the_dataset_and_source(tmp_path, name, data):
-    (tmp_path / name).write_bytes(data[: len(data) // 2])
+def corrupt(data: bytes) -> bytes:
+    """Eight bytes overwritten in the middle of the compressed stream."""
+    middle = len(data) // 2
+    return data[:middle] + b"Z" * 8 + data[middle + 8:]
+
+
+@pytest.mark.parametrize("name, data", [
+    ("shapes.tgz", tar_bytes(BIG)[: len(tar_bytes(BIG)) // 2]),
+    ("shapes.zip", zip_bytes(BIG)[: len(zip_bytes(BIG)) // 2]),
+    # tarfile stops reading at the end-of-archive marker, before gzip's CRC: checked separately.
+    ("shapes.tgz", corrupt(tar_bytes(BIG))),
+    ("shapes.zip", corrupt(zip_bytes(BIG))),
+], ids=["truncated-tgz", "truncated-zip", "corrupt-tgz", "corrupt-zip"])
+def test_a_truncated_or_corrupt_archive_names_the_dataset_and_source(tmp_path, name, data):
+    (tmp_path / name).write_bytes(data)
     with pytest.raises(AcquireError, match=rf"^dataset shapes \({name}\): truncated or corrupt archive"):
         acquire(tmp_path, shapes=DatasetSource(path=name))
     assert [p.name for p in (tmp_path / "raw").iterdir()] == []

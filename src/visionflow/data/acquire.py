@@ -14,6 +14,8 @@ staging folder.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import json
 import lzma
@@ -36,8 +38,9 @@ from visionflow.data.stereo import STEREO_FORMATS, check_stereo_dataset, list_sp
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
 CHUNK = 1 << 20
-# What a truncated or corrupt archive raises while it is read (gzip's BadGzipFile is an OSError).
-CORRUPT_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError)
+# What a truncated or corrupt archive raises while it is read.
+CORRUPT_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError,
+                          gzip.BadGzipFile)
 
 
 class AcquireError(RuntimeError):
@@ -119,6 +122,24 @@ def extract_archive(archive: Path, target: Path) -> None:
         raise AcquireError(f"{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc})") from None
 
 
+COMPRESSED_TAR_OPENERS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}
+
+
+def _check_compressed_stream(archive: Path) -> None:
+    """Decompress a .tar.gz/.bz2/.xz to its end: tarfile stops at the end-of-archive marker and
+    never reaches the stream's checksum, so a corrupt byte would otherwise go unnoticed."""
+    with open(archive, "rb") as f:
+        head = f.read(6)
+    for magic, opener in COMPRESSED_TAR_OPENERS.items():
+        if head.startswith(magic):
+            try:
+                with opener(archive, "rb") as stream:
+                    while stream.read(CHUNK):
+                        pass
+            except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:  # bz2 reports corruption as OSError
+                raise AcquireError(f"{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc})") from None
+
+
 def _extract(archive: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     if archive.name.lower().endswith(".zip"):
@@ -130,6 +151,7 @@ def _extract(archive: Path, target: Path) -> None:
                     raise AcquireError(f"{archive}: member {info.filename!r} is a symbolic link")
             zf.extractall(target)
         return
+    _check_compressed_stream(archive)
     with tarfile.open(archive) as tf:
         members = tf.getmembers()
         for member in members:
