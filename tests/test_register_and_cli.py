@@ -32,11 +32,11 @@ def test_champion_alias_moves_only_on_improvement(tracking):
     model = ExportedModel(torch.nn.Conv2d(3, 2, 1), np.zeros((2, 3, 4, 4), np.float32),
                           (-1, 3, -1, -1), (-1, 2, -1, -1))
     with mlflow.start_run(experiment_id=tracking):
-        uri = log_pytorch_model(model, name="tiny")
-    first = register_model(uri, "tiny-model", "mIoU", 0.50, "champion")
-    worse = register_model(uri, "tiny-model", "mIoU", 0.40, "champion")
-    tie = register_model(uri, "tiny-model", "mIoU", 0.50, "champion")
-    better = register_model(uri, "tiny-model", "mIoU", 0.60, "champion")
+        logged = log_pytorch_model(model, name="tiny")
+    first = register_model(logged, "tiny-model", "mIoU", 0.50, "champion")
+    worse = register_model(logged, "tiny-model", "mIoU", 0.40, "champion")
+    tie = register_model(logged, "tiny-model", "mIoU", 0.50, "champion")
+    better = register_model(logged, "tiny-model", "mIoU", 0.60, "champion")
     assert [r.version for r in (first, worse, tie, better)] == ["1", "2", "3", "4"]
     assert [r.alias_moved for r in (first, worse, tie, better)] == [True, False, False, True]
     assert worse.champion_version == "1" and worse.previous_champion_metric == 0.5

@@ -42,6 +42,10 @@ class TaskPaths:
         """The COCO-layout dataset a family reads: its synthetic set or an acquired one."""
         return self.synthetic if source == "synthetic" else self.root / RAW_DIR / source
 
+    def dataset_manifest(self, source: str) -> Path:
+        """The small file DVC tracks for :meth:`data_root`'s content: its digest names the data."""
+        return self.synthetic_manifest if source == "synthetic" else self.root / RAW_MANIFEST
+
     @property
     def augment_preview(self) -> Path:
         return self._at(f"reports/{self.task}/augment.png")

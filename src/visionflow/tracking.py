@@ -1,10 +1,11 @@
 """MLflow: where runs go, how they are tagged, and the model registry's champion alias.
 
 The only module that imports mlflow. One experiment per task family
-(``visionflow-<task>``); each stage run is tagged with the git commit, the DVC
-stage and a hash of the params the stage reads. Evaluate and register runs are
-children of the train run that made the model, so the MLflow UI shows them
-nested under it.
+(``visionflow-<family>``, the name its registered model has too); each stage run
+is tagged with the git commit, the DVC stage and a hash of the params the stage
+reads. Evaluate and register runs are children of the train run that made the
+model, so the MLflow UI shows them nested under it; the train run itself carries
+the test metrics, and a registered version points at it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ TAG_DVC_STAGE = "visionflow.dvc_stage"
 TAG_PARAMS_HASH = "visionflow.params_hash"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_METRIC_PREFIX = "visionflow.metric."
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens "custom_model_development" as model training
+TAG_NOTE = "mlflow.note.content"  # the description the UI shows
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # a runs-table layout the UI opens with ?viewStateShareKey=
+HEADLINE_VIEW = "headline"
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
 
 
 def tracking_uri(params: TrackingParams, root: Path) -> str:
@@ -43,7 +49,22 @@ def git_commit(root: Path) -> str:
 
 
 def experiment_name(task: str) -> str:
-    return f"visionflow-{task}"
+    """``visionflow-instance-segmentation``: spelled like the family's registered model."""
+    return f"visionflow-{task.replace('_', '-')}"
+
+
+def ui_url() -> str:
+    """Where the MLflow UI is served (``make ui``); ``VISIONFLOW_MLFLOW_UI`` overrides."""
+    return os.environ.get("VISIONFLOW_MLFLOW_UI", DEFAULT_UI_URL).rstrip("/")
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    return f"{ui_url()}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def headline_link(experiment_id: str) -> str:
+    """The family's runs table with its test metrics as columns (see :func:`set_headline_view`)."""
+    return f"{ui_url()}/#/experiments/{experiment_id}?viewStateShareKey={HEADLINE_VIEW}"
 
 
 def use_experiment(task: str, params: TrackingParams, root: Path) -> str:
@@ -62,10 +83,28 @@ def use_experiment(task: str, params: TrackingParams, root: Path) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = (root / MLFLOW_ARTIFACTS / task).resolve().as_uri() if uri.startswith("sqlite:") else None
+    tags = {TAG_EXPERIMENT_KIND: "custom_model_development",
+            TAG_NOTE: f"visionflow {task}: one train run per training, with its test metrics; "
+                      f"synthesize, augment and pretrained runs beside it; evaluate and register nested under it."}
     try:
-        return mlflow.create_experiment(name, artifact_location=location)
+        experiment_id = mlflow.create_experiment(name, artifact_location=location, tags=tags)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel stage
         return mlflow.get_experiment_by_name(name).experiment_id
+    _hide_empty_default_experiment()
+    return experiment_id
+
+
+def _hide_empty_default_experiment() -> None:
+    """MLflow's store creates a ``Default`` experiment that visionflow never uses: delete it while empty."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    try:
+        default = client.get_experiment("0")
+        if default.lifecycle_stage == "active" and not client.search_runs(["0"], max_results=1):
+            client.delete_experiment("0")
+    except mlflow.exceptions.MlflowException:
+        pass  # no such experiment, or a store that does not allow it
 
 
 @dataclass(frozen=True)
@@ -101,11 +140,14 @@ def _dump(params: Any) -> dict:
 
 @contextmanager
 def stage_run(run: StageRun, tracking: TrackingParams, root: Path, parent_run_id: str | None = None,
-              resume_run_id: str | None = None) -> Iterator[Any]:
+              resume_run_id: str | None = None, system_metrics: bool = False) -> Iterator[Any]:
     """An active MLflow run for one stage, tagged and with its params logged.
 
+    Open it before the stage's work, so its duration is the work's.
     ``resume_run_id`` continues an earlier run (a resumed training); a
     ``parent_run_id`` that the store does not know (a fresh database) is dropped.
+    ``system_metrics``: sample CPU, memory (and GPU, with ``nvidia-ml-py``
+    installed) every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (10).
     """
     import mlflow
 
@@ -124,7 +166,7 @@ def stage_run(run: StageRun, tracking: TrackingParams, root: Path, parent_run_id
     }
     with mlflow.start_run(run_id=resume_run_id, experiment_id=None if resume_run_id else experiment_id,
                           run_name=None if resume_run_id else run.stage,
-                          parent_run_id=parent_run_id, tags=tags, log_system_metrics=False) as active:
+                          parent_run_id=parent_run_id, tags=tags, log_system_metrics=system_metrics) as active:
         if resume_run_id is None:
             mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
         yield active
@@ -140,16 +182,66 @@ def _run_exists(run_id: str) -> bool:
         return False
 
 
-def log_metrics(metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
-    """Log the numeric leaves of a (nested) metrics dict; names are sanitised for MLflow."""
+def metric_values(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The finite numeric leaves of a (nested) metrics dict, named as MLflow shows them."""
     import math
+
+    return {f"{prefix}{k}".replace("@", "_at_"): float(v) for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+def run_tag(run_id: str, key: str) -> str | None:
+    """A tag of a run in the store (None when the run or tag is missing)."""
+    import mlflow
+
+    try:
+        return mlflow.get_run(run_id).data.tags.get(key)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def log_metrics(metrics: Mapping[str, Any], step: int | None = None, prefix: str = "",
+                run_id: str | None = None, model_id: str | None = None) -> None:
+    """Log the numeric leaves of a (nested) metrics dict to the active run (or ``run_id``),
+    linked to a logged model when ``model_id`` is given."""
+    import mlflow
+
+    flat = metric_values(metrics, prefix)
+    if flat:
+        mlflow.log_metrics(flat, step=step, run_id=run_id, model_id=model_id)
+
+
+def log_dataset(folder: Path, manifest: Path, context: str) -> None:
+    """Attach a dataset to the active run: its folder, named like it, with the digest of its
+    manifest (the file DVC tracks for it), so the runs table's Dataset column tells runs
+    trained on different data apart."""
+    import hashlib
+
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()[:12] if manifest.is_file() else None
+    dataset = MetaDataset(LocalArtifactDatasetSource(str(folder.resolve())), name=folder.name, digest=digest)
+    mlflow.log_input(dataset, context=context)
+
+
+def set_headline_view(experiment_id: str, metric_names: list[str]) -> str:
+    """Store a runs-table layout with ``metric_names`` as columns, best first; return its link.
+
+    The MLflow UI keeps column choices per browser; a shared view (an experiment
+    tag the UI reads for ``?viewStateShareKey=``) is how a project ships one.
+    """
+    import json
 
     import mlflow
 
-    flat = {f"{prefix}{k}".replace("@", "_at_"): float(v) for k, v in flatten(metrics).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-    if flat:
-        mlflow.log_metrics(flat, step=step)
+    columns = [f"metrics.`{name}`" for name in metric_names]
+    view = {"selectedColumns": ["attributes.`Dataset`", "attributes.`Models`", *columns],
+            "orderByKey": columns[0] if columns else "attributes.start_time", "orderByAsc": False,
+            "runsExpanded": {}, "runsPinned": [], "runsHidden": []}
+    mlflow.MlflowClient().set_experiment_tag(experiment_id, SHARED_VIEW_PREFIX + HEADLINE_VIEW, json.dumps(view))
+    return headline_link(experiment_id)
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:
@@ -184,19 +276,40 @@ class Registration:
         return dict(self.__dict__)
 
 
-def register_model(model_uri: str, model_name: str, metric_name: str, metric: float, alias: str,
-                   higher_is_better: bool = True) -> Registration:
-    """Register ``model_uri`` as a new version; move ``alias`` to it only if it beats the holder.
+@dataclass(frozen=True)
+class LoggedModel:
+    """A model logged to a run: where it is, its MLflow 3 model id and the run."""
 
-    The metric is stored on the version as a tag, so the comparison needs
-    nothing but the registry. A tie keeps the current champion.
+    model_uri: str
+    model_id: str | None
+    run_id: str
+
+
+def register_model(model: LoggedModel, model_name: str, metric_name: str, metric: float, alias: str,
+                   higher_is_better: bool = True, trained_by_run: str | None = None,
+                   description: str = "", tags: Mapping[str, Any] | None = None,
+                   model_description: str = "") -> Registration:
+    """Register ``model`` as a new version; move ``alias`` to it only if it beats the holder.
+
+    The version's source run is ``trained_by_run`` (the training run) when given, else the
+    run that logged the model;
+    it carries ``description`` and ``tags``; ``model_description`` describes the
+    registered model when this call creates it. The metric is also stored on the
+    version as a tag, so the comparison needs nothing but the registry. A tie
+    keeps the current champion.
     """
     import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    version = mlflow.register_model(model_uri, model_name)
-    client.set_model_version_tag(model_name, version.version, TAG_METRIC_PREFIX + metric_name, str(metric))
+    try:
+        client.create_registered_model(model_name, description=model_description)
+    except mlflow.exceptions.MlflowException:
+        pass  # registered before
+    version_tags = {**(tags or {}), TAG_METRIC_PREFIX + metric_name: str(metric)}
+    version = client.create_model_version(
+        model_name, source=model.model_uri, run_id=trained_by_run or model.run_id,
+        tags={k: str(v) for k, v in version_tags.items()}, description=description, model_id=model.model_id)
     try:
         champion = client.get_model_version_by_alias(model_name, alias)
     except mlflow.exceptions.MlflowException:
@@ -209,15 +322,16 @@ def register_model(model_uri: str, model_name: str, metric_name: str, metric: fl
     if beats:
         client.set_registered_model_alias(model_name, alias, version.version)
     return Registration(
-        model_name=model_name, version=str(version.version), model_uri=model_uri,
+        model_name=model_name, version=str(version.version), model_uri=model.model_uri,
         metric_name=metric_name, metric=metric,
         champion_version=str(version.version) if beats else str(champion.version),
         previous_champion_version=str(champion.version) if champion is not None else None,
         previous_champion_metric=previous_metric, alias=alias, alias_moved=beats)
 
 
-def log_pytorch_model(exported: Any, name: str) -> str:
-    """Log an :class:`~visionflow.tasks.base.ExportedModel` to the active run; return its URI.
+def log_pytorch_model(exported: Any, name: str, params: Mapping[str, Any] | None = None,
+                      tags: Mapping[str, Any] | None = None) -> LoggedModel:
+    """Log an :class:`~visionflow.tasks.base.ExportedModel` to the active run.
 
     The signature has -1 for batch and free spatial dims, so the logged model
     accepts any batch size and image size the network does.
@@ -235,5 +349,7 @@ def log_pytorch_model(exported: Any, name: str) -> str:
     info = mlflow.pytorch.log_model(exported.module, name=name, signature=signature,
                                     input_example=exported.example,
                                     pip_requirements=[f"torch=={torch_version}"],
-                                    serialization_format=exported.serialization_format)
-    return info.model_uri
+                                    serialization_format=exported.serialization_format,
+                                    params={k: str(v) for k, v in (params or {}).items()},
+                                    tags={k: str(v) for k, v in (tags or {}).items()})
+    return LoggedModel(info.model_uri, getattr(info, "model_id", None), mlflow.active_run().info.run_id)

@@ -29,7 +29,7 @@ from visionflow.data.batching import EpochSampler, derived_seed
 from visionflow.paths import TaskPaths
 from visionflow.runtime import Runtime, named_nondeterministic_ops, resolve_runtime, to_channels_last
 from visionflow.tasks.base import TaskFamily
-from visionflow.tracking import StageRun, log_artifacts, log_metrics, set_tags, stage_run
+from visionflow.tracking import StageRun, log_artifacts, log_dataset, log_metrics, set_tags, stage_run
 from visionflow.viz import save_curves
 
 
@@ -45,12 +45,13 @@ class EpochHistory(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # Lightning runs the epoch's validation before this hook, so both are in callback_metrics.
-        metrics = {k.replace("/", "_"): float(v) for k, v in trainer.callback_metrics.items()}
-        row = {"epoch": trainer.current_epoch + 1, **dict(sorted(metrics.items()))}
+        metrics = {name: float(value) for name, value in sorted(trainer.callback_metrics.items())}
+        row = {"epoch": trainer.current_epoch + 1, **{name.replace("/", "_"): v for name, v in metrics.items()}}
         self.rows.append(row)
         if trainer.is_global_zero:
             write_csv(self.csv_path, self.rows)
-            log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            # MLflow keeps the "train/" and "val/" prefixes: its charts group metrics by them.
+            log_metrics(metrics, step=row["epoch"])
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
@@ -177,8 +178,8 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
     if backbone_hash:
         logged["pretrained"] = {"backbone": str(pretrained_backbone), "sha256": backbone_hash}
     stage = StageRun(family.name, "train", logged)
-    run_context = stage_run(stage, tracking, paths.root, resume_run_id=previous_run) if primary \
-        else nullcontext()
+    run_context = stage_run(stage, tracking, paths.root, resume_run_id=previous_run, system_metrics=True) \
+        if primary else nullcontext()
     runtime = resolve_runtime(trainer_params)
     if runtime.compute_threads:
         torch.set_num_threads(runtime.compute_threads)
@@ -186,6 +187,7 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
         if primary:
             run_id_file.write_text(run.info.run_id)
             set_tags({f"runtime.{k}": v for k, v in vars(runtime).items()})
+            log_dataset(data_root, paths.dataset_manifest(params.data.source), context="training")
         trainer = build_trainer(trainer_params, params.train.epochs, scratch,
                                 [checkpoint, latest, history, EpochSeeding(params.train.seed), *extra_callbacks],
                                 runtime)
@@ -218,7 +220,7 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
             "runtime": vars(runtime),
             "nondeterministic_ops": sorted(nondeterministic_ops),
         }
-        log_metrics({f"best_{family.monitor.replace('/', '_')}": summary["best_score"]})
+        log_metrics({f"best/{family.monitor}": summary["best_score"]})
         log_artifacts([paths.train_curves_png, paths.train_curves_csv], "curves")
     paths.train_summary.write_text(json.dumps(summary, indent=2) + "\n")
     shutil.rmtree(scratch, ignore_errors=True)

@@ -9,7 +9,8 @@ from visionflow.config import Params
 from visionflow.paths import TaskPaths, read_stage_json
 from visionflow.tasks import get_task
 from visionflow.tasks.base import EvalOutputs
-from visionflow.tracking import StageRun, log_artifacts, log_metrics, stage_run
+from visionflow.tracking import (StageRun, log_artifacts, log_dataset, log_metrics, metric_values,
+                                 set_headline_view, stage_run)
 
 
 def pick_device(accelerator: str):
@@ -25,17 +26,23 @@ def pick_device(accelerator: str):
 def run(params: Params, task: str, root: Path) -> dict:
     family, section, paths = get_task(task), params.task(task), TaskPaths(task, root)
     train_summary = read_stage_json(paths.train_summary, f"train --task {task}")
-    module = family.load_module(paths.best_checkpoint)
-    out = EvalOutputs(plots_dir=paths.eval_plots, reports_dir=paths.eval_reports, project_root=root)
-    metrics = family.evaluate(section, module, paths.data_root(section.data.source), out,
-                              pick_device(params.trainer.accelerator))
-    if family.primary_metric not in metrics:
-        raise KeyError(f"{task} evaluate() returned no {family.primary_metric!r}")
-    paths.metrics.parent.mkdir(parents=True, exist_ok=True)
-    paths.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
     stage = StageRun(task, "evaluate", {f"{task}.evaluate": section.evaluate})
-    with stage_run(stage, params.tracking, root, parent_run_id=train_summary["mlflow_run_id"]):
+    data_root = paths.data_root(section.data.source)
+    with stage_run(stage, params.tracking, root, parent_run_id=train_summary["mlflow_run_id"]) as active:
+        log_dataset(data_root, paths.dataset_manifest(section.data.source), context="evaluation")
+        module = family.load_module(paths.best_checkpoint)
+        out = EvalOutputs(plots_dir=paths.eval_plots, reports_dir=paths.eval_reports, project_root=root)
+        metrics = family.evaluate(section, module, data_root, out, pick_device(params.trainer.accelerator))
+        if family.primary_metric not in metrics:
+            raise KeyError(f"{task} evaluate() returned no {family.primary_metric!r}")
+        paths.metrics.parent.mkdir(parents=True, exist_ok=True)
+        paths.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
         log_metrics(metrics, prefix="test/")
+        # The headline numbers belong on the run a person opens: the one that trained the model.
+        log_metrics(metrics, prefix="test/", run_id=train_summary["mlflow_run_id"])
+        headline = [f"test/{family.primary_metric}",
+                    *[name for name in metric_values(metrics, "test/") if name != f"test/{family.primary_metric}"]]
+        set_headline_view(active.info.experiment_id, headline[:6])
         log_artifacts(sorted(out.reports_dir.glob("*.png")), "evaluation")
         log_artifacts([paths.metrics], "evaluation")
     return metrics

@@ -35,5 +35,5 @@ def run(params: Params, task: str, root: Path) -> dict:
               "sha256": hashlib.sha256(target.read_bytes()).hexdigest()}
     with stage_run(StageRun(task, "pretrained", {"pretrained": {task: params.pretrained[task]}}),
                    params.tracking, root):
-        log_metrics({"tensors": result["tensors"]})
+        log_metrics({"tensors": result["tensors"]}, prefix="data/")
     return result

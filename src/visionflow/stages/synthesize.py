@@ -16,10 +16,10 @@ from visionflow.tracking import StageRun, log_metrics, stage_run
 def run(params: Params, task: str, root: Path, progress: bool = True, workers: int | None = None) -> dict:
     """``workers``: render processes (None: every core); the files do not depend on it."""
     family, section, paths = get_task(task), params.task(task), TaskPaths(task, root)
-    counts = family.synthesize(section, paths.synthetic, progress=progress, workers=workers)
-    write_manifest(paths.synthetic, paths.synthetic_manifest)
     with stage_run(StageRun(task, "synthesize", {f"{task}.synth": section.synth}), params.tracking, root):
-        log_metrics(counts)
+        counts = family.synthesize(section, paths.synthetic, progress=progress, workers=workers)
+        write_manifest(paths.synthetic, paths.synthetic_manifest)
+        log_metrics(counts, prefix="data/")  # counts, not model quality: their own chart section
     return counts
 
 
