@@ -88,25 +88,40 @@ def save_confusion_matrix(path: Path, confusion: np.ndarray, class_names: Sequen
     plt.close(fig)
 
 
+def curve_panels(columns: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """(title, columns) per panel: the training loss terms together, each validation quantity alone.
+
+    Columns are named ``train_<term>`` and ``val_<name>`` (Lightning's ``train/`` and ``val/``
+    logs); AP, pixel errors and losses do not share a scale, so each ``val_`` gets its own axis.
+    """
+    training = [c for c in columns if not c.startswith("val_")]
+    validation = [c for c in columns if c.startswith("val_")]
+    return [("training loss terms", training)] * bool(training) + \
+        [(f"validation {c.removeprefix('val_')}", [c]) for c in validation]
+
+
 def save_curves(path: Path, rows: Sequence[dict[str, float]], x: str = "epoch") -> None:
-    """One panel of losses and one of the other metrics, against ``x``."""
+    """:func:`curve_panels` of ``rows`` (one dict per epoch) against ``x``, in a grid of 4 columns."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in rows[0] if k != x] if rows else []
-    losses = [k for k in keys if "loss" in k]
-    others = [k for k in keys if k not in losses]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = curve_panels([k for k in rows[0] if k != x] if rows else []) or [("no metrics", [])]
+    columns = min(4, len(panels))
+    grid_rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(grid_rows, columns, figsize=(3.6 * columns, 3.2 * grid_rows), squeeze=False)
     xs = [row[x] for row in rows]
-    for ax, names, title in ((axes[0], losses, "losses"), (axes[1], others, "validation metrics")):
+    for ax, (title, names) in zip(axes.flat, panels):
         for name in names:
-            ax.plot(xs, [row.get(name, np.nan) for row in rows], marker="o", label=name)
+            ax.plot(xs, [row.get(name, np.nan) for row in rows], marker="o", markersize=3,
+                    label=name.removeprefix("train_"))
         ax.set(xlabel=x, title=title)
         ax.grid(alpha=0.3)
-        if names:
-            ax.legend()
+        if len(names) > 1:
+            ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
