@@ -3,32 +3,70 @@
     python pipelines/flow.py [--params params.yaml] [--tasks segmentation ...]
 
 Each DVC stage is one Prefect task run named like the DVC stage
-(``train@segmentation``). A stage runs only if ``dvc status`` says it changed,
-as its CLI command (the very command dvc.yaml gives), in its own process, so
-task families run side by side without sharing seeds or threads. After a stage
-runs, ``dvc commit`` records it in dvc.lock, so a ``dvc repro`` right after the
-flow has nothing to do. ``acquire`` is retried on failure (networks flake).
+(``train@segmentation``). One ``dvc status`` at the start finds the stages that
+are out of date and everything downstream of them; the others finish at once in
+a ``Skipped`` state (tag ``up-to-date``) without running anything. A stage that
+may run checks ``dvc status`` again once its upstream stages are done, runs as its
+CLI command (the very command dvc.yaml gives) in its own process, so families run
+side by side without sharing seeds or threads, and is then recorded in dvc.lock
+with ``dvc commit``: a ``dvc repro`` right after the flow has nothing to do.
+``acquire`` is retried on failure (networks flake).
+
+The flow run is named after what it runs (``visionflow: 2 families @ 1a2b3c4``),
+tagged with the families, commit and params hash, and leaves a table artifact of
+each family's headline test metric with links to its MLflow runs.
+
+Where it reports: a Prefect server already listening (``PREFECT_API_URL``, or
+``make ui``'s on 127.0.0.1:4200) gets the runs live, and the flow prints the run's
+link; otherwise Prefect starts a temporary server on the project's database
+(``.cache/prefect``), which ``make ui`` shows afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import visionflow  # noqa: F401  (quiet, offline, in-project settings before Prefect is imported)
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.futures import wait
 
-from visionflow.config import load_params
-from visionflow.stages import TASK_STAGES
+DEFAULT_PREFECT_SERVER = "http://127.0.0.1:4200"
+
+
+def running_prefect_server(url: str = DEFAULT_PREFECT_SERVER) -> str | None:
+    """``url``'s API address if a Prefect server answers there, else None."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
+            return f"{url}/api" if response.status == 200 else None
+    except OSError:
+        return None
+
+
+if "PREFECT_API_URL" not in os.environ:  # must be decided before Prefect is imported
+    _found = running_prefect_server(os.environ.get("VISIONFLOW_PREFECT_UI", DEFAULT_PREFECT_SERVER))
+    if _found:
+        os.environ["PREFECT_API_URL"] = _found
+
+from prefect import flow, get_run_logger, tags, task  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.futures import wait  # noqa: E402
+from prefect.runtime import flow_run as current_flow_run  # noqa: E402
+from prefect.states import Completed  # noqa: E402
+
+from visionflow.config import load_params  # noqa: E402
+from visionflow.stages import TASK_STAGES  # noqa: E402
 
 _DVC_LOCK = threading.Lock()  # DVC holds a repo-wide lock: one DVC call at a time
+UP_TO_DATE_TAG = "up-to-date"
+LAST_FLOW_RUN: dict[str, str] = {}  # the id of this process's latest flow run, for its link
 
 
 def dvc_stage_name(stage: str, task_name: str | None) -> str:
@@ -40,6 +78,23 @@ def stage_changed(root: Path, name: str) -> bool:
 
     with _DVC_LOCK, Repo(str(root)) as repo:
         return bool(repo.status(targets=[name]))
+
+
+def stages_to_check(root: Path) -> set[str]:
+    """Stages that are out of date now, and every stage downstream of one (it may change).
+
+    The rest are up to date and stay so during this flow: nothing upstream of them runs.
+    """
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with _DVC_LOCK, Repo(str(root)) as repo:
+        changed = set(repo.status())
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        by_name = {stage.addressing: stage for stage in graph}
+        downstream = {d.addressing for name in changed if name in by_name
+                      for d in nx.ancestors(graph, by_name[name])}
+    return changed | downstream
 
 
 def upstream_stages(root: Path, name: str) -> list[str]:
@@ -81,14 +136,20 @@ def stage_command(stage: str, task_name: str | None, params_file: Path) -> list[
     return command + ["--task", task_name]
 
 
-def _run_stage(stage: str, task_name: str | None, params_file: str) -> dict:
+def _skipped(name: str) -> Completed:
+    return Completed(name="Skipped", message=f"{name} is up to date (dvc status): nothing ran",
+                     data={"stage": name, "ran": False})
+
+
+def _run_stage(stage: str, task_name: str | None, params_file: str, may_run: bool = True):
+    """Run one DVC stage if it is out of date; a Completed state named ``Skipped`` if not."""
     logger = get_run_logger()
     params_path = Path(params_file).resolve()
     root = params_path.parent
     name = dvc_stage_name(stage, task_name)
-    if not stage_changed(root, name):
+    if not may_run or not stage_changed(root, name):
         logger.info("%s is up to date (dvc status): nothing to run", name)
-        return {"stage": name, "ran": False}
+        return _skipped(name)
     started = time.perf_counter()
     env = {**os.environ, "TQDM_DISABLE": "1"}  # progress bars make unreadable logs
     process = subprocess.Popen(stage_command(stage, task_name, params_path), cwd=root, env=env,
@@ -111,6 +172,14 @@ run_acquire = task(_run_stage, name="acquire", cache_policy=NO_CACHE, persist_re
                    retries=2, retry_delay_seconds=5)
 
 
+def _submit(stage_task, stage: str, family: str | None, params_file: str, planned: set[str], wait_for: list):
+    name = dvc_stage_name(stage, family)
+    may_run = name in planned
+    labels = [f"stage:{stage}"] + ([f"family:{family}"] if family else []) + ([] if may_run else [UP_TO_DATE_TAG])
+    return stage_task.with_options(task_run_name=name, tags=labels).submit(
+        stage, family, params_file, may_run, wait_for=wait_for)
+
+
 @flow(name="visionflow", log_prints=True)
 def visionflow_pipeline(params_file: str = "params.yaml", tasks: list[str] | None = None) -> list[dict]:
     """acquire, then synthesize → augment → train → evaluate → register for each family in parallel.
@@ -118,16 +187,18 @@ def visionflow_pipeline(params_file: str = "params.yaml", tasks: list[str] | Non
     A family listed under ``pretrained`` in params.yaml gets ``pretrained@<family>`` before its
     train stage, started once the stages producing its backbone (per dvc.yaml) have finished.
     """
+    LAST_FLOW_RUN["id"] = str(current_flow_run.id)
     params = load_params(params_file)
     families = tasks or params.tasks
     for family in families:
         params.task(family)  # an unknown or disabled family fails before anything runs
     root = Path(params_file).resolve().parent
+    planned = stages_to_check(root)
     upstream = {family: upstream_stages(root, dvc_stage_name("pretrained", family))
                 for family in families if family in params.pretrained}
     needs = {family: {name.split("@", 1)[1] for name in names if "@" in name}
              for family, names in upstream.items()}
-    acquired = run_acquire.with_options(task_run_name="acquire").submit("acquire", None, params_file)
+    acquired = _submit(run_acquire, "acquire", None, params_file, planned, [])
     submitted = {"acquire": acquired}
     chains = []
     for family in submission_order(list(families), needs):
@@ -135,19 +206,65 @@ def visionflow_pipeline(params_file: str = "params.yaml", tasks: list[str] | Non
         chain = []
         for stage in TASK_STAGES:
             if stage == "train" and family in upstream:
-                name = dvc_stage_name("pretrained", family)
                 producers = [submitted[s] for s in upstream[family] if s in submitted]
-                previous = run_stage.with_options(task_run_name=name).submit(
-                    "pretrained", family, params_file, wait_for=[previous, *producers])
+                previous = _submit(run_stage, "pretrained", family, params_file, planned, [previous, *producers])
                 chain.append(previous)
-            previous = run_stage.with_options(task_run_name=dvc_stage_name(stage, family)).submit(
-                stage, family, params_file, wait_for=[previous])
+            previous = _submit(run_stage, stage, family, params_file, planned, [previous])
             submitted[dvc_stage_name(stage, family)] = previous
             chain.append(previous)
         chains.append(chain)
     futures = [acquired] + [future for chain in chains for future in chain]
     wait(futures)
-    return [future.result() for future in futures]
+    results = [future.result() for future in futures]
+    report_artifact(root, params, families, results)
+    return results
+
+
+def report_artifact(root: Path, params, families: list[str], results: list[dict]) -> None:
+    """A markdown table in the flow run's Artifacts tab: each family's headline test metric,
+    which of its stages ran, and links to its MLflow training run and runs table."""
+    from visionflow.paths import TaskPaths
+    from visionflow.tasks import get_task
+    from visionflow.tracking import headline_link, run_link, tracking_uri
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(params.tracking, root))
+    ran = {r["stage"] for r in results if r["ran"]}
+    lines = ["| family | test metric | stages run | MLflow |", "|---|---|---|---|"]
+    for family in families:
+        paths, metric = TaskPaths(family, root), get_task(family).primary_metric
+        value = json.loads(paths.metrics.read_text()).get(metric) if paths.metrics.is_file() else None
+        stages = [s for s in TASK_STAGES if dvc_stage_name(s, family) in ran]
+        links = "-"
+        if paths.train_summary.is_file():
+            run_id = json.loads(paths.train_summary.read_text())["mlflow_run_id"]
+            try:
+                experiment_id = mlflow.get_run(run_id).info.experiment_id
+                links = f"[training run]({run_link(experiment_id, run_id)}) · [runs]({headline_link(experiment_id)})"
+            except mlflow.exceptions.MlflowException:
+                pass
+        shown = f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"{metric} -"
+        lines.append(f"| {family} | {shown} | {', '.join(stages) or 'none (up to date)'} | {links} |")
+    create_markdown_artifact("\n".join(lines), key="visionflow-metrics",
+                             description="Headline test metric per family, and what this flow run ran")
+
+
+def git_commit_short(root: Path) -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else "no-commit"
+
+
+def run_pipeline(params_file: str, tasks: list[str] | None = None) -> list[dict]:
+    """The flow under a name and tags that say what it runs: families, commit, params hash."""
+    params_path = Path(params_file).resolve()
+    families = tasks or load_params(params_path).tasks
+    commit = git_commit_short(params_path.parent)
+    params_digest = hashlib.sha256(params_path.read_bytes()).hexdigest()[:12]
+    name = f"visionflow: {len(families)} {'family' if len(families) == 1 else 'families'} @ {commit}"
+    with tags(*[f"family:{f}" for f in families], f"commit:{commit}", f"params:{params_digest}"):
+        return visionflow_pipeline.with_options(flow_run_name=name)(params_file=str(params_path),
+                                                                     tasks=list(families))
 
 
 def main() -> int:
@@ -155,11 +272,22 @@ def main() -> int:
     parser.add_argument("--params", default="params.yaml", help="params file (its folder is the project)")
     parser.add_argument("--tasks", nargs="+", help="task families to run (default: params.yaml's tasks)")
     args = parser.parse_args()
-    results = visionflow_pipeline(params_file=str(Path(args.params).resolve()), tasks=args.tasks)
+    results = run_pipeline(args.params, args.tasks)
     for result in results:
         ran = f"ran in {result['seconds']} s" if result["ran"] else "up to date"
         print(f"{result['stage']:<28} {ran}")
+    print_link()
     return 0
+
+
+def print_link() -> None:
+    api = os.environ.get("PREFECT_API_URL")
+    flow_run_id = LAST_FLOW_RUN.get("id")
+    if api and flow_run_id:
+        print(f"Prefect: {api.removesuffix('/api')}/runs/flow-run/{flow_run_id}")
+    else:
+        print("Prefect: ran on a temporary server; `make ui` shows this run at "
+              f"{DEFAULT_PREFECT_SERVER}/runs")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""The dashboards `make ui` starts show what the pipeline did (slow: starts two servers)."""
+"""The dashboards tell what happened (slow: starts both UIs' servers and runs the flow twice).
+
+Prefect: the second flow run's stages are Skipped (up to date), the flow run is named and
+tagged after what it ran and carries a metrics artifact. MLflow: the training run carries
+the test metrics, system metrics and its dataset; the champion version points at it.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,19 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import BIN, REPO
-from test_flow import RUN_AND_REPORT
 
 pytestmark = pytest.mark.slow
+
+FAMILIES = ["segmentation", "stereo"]
 
 
 def free_port() -> int:
@@ -24,7 +33,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(url: str, timeout: float = 90.0) -> bytes:
+def wait_for(url: str, timeout: float = 120.0) -> bytes:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -36,6 +45,10 @@ def wait_for(url: str, timeout: float = 90.0) -> bytes:
             time.sleep(1)
 
 
+def get_json(url: str) -> dict:
+    return json.loads(wait_for(url, timeout=10))
+
+
 def post_json(url: str, body: dict) -> object:
     request = urllib.request.Request(url, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -43,45 +56,115 @@ def post_json(url: str, body: dict) -> object:
         return json.loads(response.read())
 
 
-def test_prefect_and_mlflow_uis_show_the_runs(tiny_project: Path, project_env: dict):
-    script = RUN_AND_REPORT.format(pipelines=str(REPO / "pipelines"),
-                                   params=str(tiny_project / "params.yaml"))
-    subprocess.run([sys.executable, "-c", script], cwd=tiny_project, env=project_env, check=True,
-                   capture_output=True, timeout=600)
+def seconds(run: dict) -> float:
+    start, end = (datetime.fromisoformat(run[k].replace("Z", "+00:00")) for k in ("start_time", "end_time"))
+    return (end - start).total_seconds()
 
-    prefect_port, mlflow_port = free_port(), free_port()
-    servers = [
+
+@pytest.fixture
+def two_family_project(tiny_project: Path, project_env: dict) -> Path:
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["tasks"] = FAMILIES
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["git", "add", "-A"], ["git", "commit", "-qm", "tiny project"]):
+        subprocess.run(command, cwd=tiny_project, env=project_env, check=True, capture_output=True)
+    return tiny_project
+
+
+@pytest.fixture
+def servers(two_family_project: Path, project_env: dict):
+    """Prefect and MLflow servers on free 127.0.0.1 ports, over the project's stores."""
+    prefect, mlflow = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    processes = [
         subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                          "--port", str(prefect_port)], cwd=tiny_project, env=project_env,
+                          "--port", prefect.rsplit(":", 1)[1]], cwd=two_family_project, env=project_env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([str(BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                          "--backend-store-uri", f"sqlite:///{tiny_project / 'mlflow.db'}"],
-                         cwd=tiny_project, env={**project_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        subprocess.Popen([str(BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", mlflow.rsplit(":", 1)[1],
+                          "--backend-store-uri", f"sqlite:///{two_family_project / 'mlflow.db'}"],
+                         cwd=two_family_project, env={**project_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     ]
     try:
-        prefect = f"http://127.0.0.1:{prefect_port}"
         wait_for(f"{prefect}/api/health")
-        flow_runs = post_json(f"{prefect}/api/flow_runs/filter", {})
-        assert [run["state_type"] for run in flow_runs] == ["COMPLETED"]
-        task_runs = post_json(f"{prefect}/api/task_runs/filter", {})
-        assert {run["name"]: run["state_type"] for run in task_runs}["train@segmentation"] == "COMPLETED"
-        assert b"<html" in wait_for(f"{prefect}/").lower()
-
-        mlflow = f"http://127.0.0.1:{mlflow_port}"
         wait_for(f"{mlflow}/health")
-        experiment = json.loads(wait_for(
-            f"{mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=visionflow-segmentation"))
-        runs = post_json(f"{mlflow}/api/2.0/mlflow/runs/search",
-                         {"experiment_ids": [experiment["experiment"]["experiment_id"]]})["runs"]
-        train = [r for r in runs if {"key": "visionflow.stage", "value": "train"} in r["data"]["tags"]]
-        assert train and any(m["key"] == "val_mIoU" for m in train[0]["data"]["metrics"])
-        assert any(p["key"] == "segmentation.train.lr" for p in train[0]["data"]["params"])
-        alias = json.loads(wait_for(
-            f"{mlflow}/api/2.0/mlflow/registered-models/alias?name=visionflow-segmentation&alias=champion"))
-        assert alias["model_version"]["version"] == "1"
-        assert b"<html" in wait_for(f"{mlflow}/").lower()
+        yield prefect, mlflow
     finally:
-        for server in servers:
-            server.terminate()
-            server.wait(timeout=30)
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def run_flow(project: Path, env: dict, prefect: str, mlflow: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "flow.py"), "--params", str(project / "params.yaml")],
+        cwd=project, capture_output=True, text=True, timeout=900,
+        env={**env, "PREFECT_API_URL": f"{prefect}/api", "VISIONFLOW_MLFLOW_UI": mlflow,
+             "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_dashboards_tell_what_ran_and_what_models_are_worth(two_family_project: Path, project_env: dict,
+                                                            servers: tuple[str, str]):
+    prefect, mlflow = servers
+    first = run_flow(two_family_project, project_env, prefect, mlflow)
+    second = run_flow(two_family_project, project_env, prefect, mlflow)
+    assert f"Prefect: {prefect}/runs/flow-run/" in first
+
+    # Prefect: two flow runs, named and tagged after what they ran.
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=two_family_project,
+                            capture_output=True, text=True, check=True).stdout.strip()
+    flow_runs = post_json(f"{prefect}/api/flow_runs/filter", {"sort": "START_TIME_ASC"})
+    assert [run["name"] for run in flow_runs] == [f"visionflow: 2 families @ {commit}"] * 2
+    assert {"family:segmentation", "family:stereo", f"commit:{commit}"} <= set(flow_runs[0]["tags"])
+    assert any(tag.startswith("params:") for tag in flow_runs[0]["tags"])
+    assert all(run["state_type"] == "COMPLETED" for run in flow_runs)
+
+    def task_runs(flow_run: dict) -> dict[str, dict]:
+        runs = post_json(f"{prefect}/api/task_runs/filter",
+                         {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
+        return {run["name"]: run for run in runs}
+
+    first_runs, second_runs = task_runs(flow_runs[0]), task_runs(flow_runs[1])
+    stages = {"acquire"} | {f"{stage}@{family}" for family in FAMILIES
+                            for stage in ("synthesize", "augment", "train", "evaluate", "register")}
+    assert set(first_runs) == set(second_runs) == stages
+    assert first_runs["train@segmentation"]["state"]["name"] == "Completed"
+    assert seconds(first_runs["train@segmentation"]) > 1.0
+    ran_again = sorted(name for name, run in second_runs.items() if run["state"]["name"] != "Skipped")
+    assert not ran_again, second
+    assert all("up-to-date" in run["tags"] for run in second_runs.values())
+    assert "up to date" in second
+
+    artifacts = post_json(f"{prefect}/api/artifacts/filter",
+                          {"artifacts": {"flow_run_id": {"any_": [flow_runs[1]["id"]]}}})
+    assert [artifact["type"] for artifact in artifacts] == ["markdown"]
+    table = artifacts[0]["data"]
+    assert "| segmentation | mIoU " in table and "| stereo | epe " in table and f"{mlflow}/#/experiments/" in table
+
+    # MLflow: the training run is the one that tells what the model is worth.
+    api = f"{mlflow}/api/2.0/mlflow"
+    experiment = get_json(f"{api}/experiments/get-by-name?experiment_name=visionflow-segmentation")["experiment"]
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
+    active = post_json(f"{api}/experiments/search", {"max_results": 100})["experiments"]
+    assert "Default" not in [e["name"] for e in active]
+    runs = post_json(f"{api}/runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    train = [r for r in runs if {"key": "visionflow.stage", "value": "train"} in r["data"]["tags"]]
+    assert len(train) == 1
+    train = train[0]
+    metrics = {m["key"] for m in train["data"]["metrics"]}
+    assert {"test/mIoU", "val/mIoU", "train/loss"} <= metrics
+    assert any(name.startswith("system/cpu_utilization") for name in metrics)
+    assert train["inputs"]["dataset_inputs"][0]["dataset"]["name"] == "segmentation"
+    assert (train["info"]["end_time"] - train["info"]["start_time"]) / 1000 > 1.0
+    for stage in ("synthesize", "augment", "evaluate"):
+        run = next(r for r in runs if {"key": "visionflow.stage", "value": stage} in r["data"]["tags"])
+        assert run["info"]["end_time"] - run["info"]["start_time"] > 200, stage  # the work, not bookkeeping
+
+    champion = get_json(f"{api}/registered-models/alias?name=visionflow-segmentation&alias=champion")
+    version = champion["model_version"]
+    assert version["run_id"] == train["info"]["run_id"]
+    assert "segmentation" in version["description"] and commit in version["description"]
+    version_tags = {tag["key"]: tag["value"] for tag in version["tags"]}
+    assert version_tags["family"] == "segmentation" and "test/mIoU" in version_tags
+    assert b"<html" in wait_for(f"{mlflow}/").lower() and b"<html" in wait_for(f"{prefect}/").lower()
