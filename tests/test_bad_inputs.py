@@ -194,3 +194,133 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input_gives_one_clear_line(case: Case, bad_project: Path, project_env: dict[str, str]):
     run_case(case, bad_project, project_env)
+
+
+# --- findings 5 to 7 (models, COCO and stereo data, coco-eval) ------------------------------
+
+
+def write_json(path: Path, data) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def coco_eval(gt: dict, results) -> Callable[[Path], list[str]]:
+    def build(project: Path) -> list[str]:
+        write_json(project / "eval" / "gt.json", gt)
+        write_json(project / "eval" / "results.json", results)  # NaN is written as the bare token
+        return ["coco-eval", "eval/gt.json", "eval/results.json"]
+
+    return build
+
+
+def train_segmentation_on(train: dict, val: dict) -> Callable[[Path], list[str]]:
+    """Train segmentation on the acquired ``shapes`` dataset, its train.json and val.json replaced."""
+
+    def build(project: Path) -> list[str]:
+        write_json(project / "data/raw/shapes/train.json", train)
+        write_json(project / "data/raw/shapes/val.json", val)
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["segmentation"]["data"]["source"] = "shapes"
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return ["train", "--task", "segmentation"]
+
+    return build
+
+
+def with_annotation(**fields) -> dict:
+    annotation = {"id": 7, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0}
+    return {**COCO, "annotations": [{**annotation, **fields}]}
+
+
+def train_stereo_on_kitti(second_disparity_bits: int = 16, all_invalid: bool = False
+                          ) -> Callable[[Path], list[str]]:
+    """Train stereo on an acquired KITTI-layout dataset of two pairs per split; the second
+    training pair's disparity PNG is ``second_disparity_bits`` deep; ``all_invalid``: every
+    disparity is 0 (KITTI's "no value")."""
+
+    def build(project: Path) -> list[str]:
+        import cv2
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        for split in ("train", "val"):
+            for index in range(2):
+                name = f"{index:06d}_10.png"
+                for view in ("image_2", "image_3"):
+                    (project / f"data/raw/kitti/{split}/{view}").mkdir(parents=True, exist_ok=True)
+                    cv2.imwrite(str(project / f"data/raw/kitti/{split}/{view}/{name}"),
+                                rng.integers(0, 255, (40, 64, 3), dtype=np.uint8))
+                disparity = np.full((40, 64), 0 if all_invalid else 4 * 256, np.uint16)
+                if split == "train" and index == 1 and second_disparity_bits == 8:
+                    disparity = np.full((40, 64), 4, np.uint8)
+                (project / f"data/raw/kitti/{split}/disp_occ_0").mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(project / f"data/raw/kitti/{split}/disp_occ_0/{name}"), disparity)
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["tasks"] = ["stereo"]
+        params["stereo"]["data"]["source"] = "kitti"
+        params["stereo"]["train"]["batch_size"] = 1
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        return ["train", "--task", "stereo"]
+
+    return build
+
+
+def predict_with(checkpoint: Callable[[Path], None], task: str = "detection") -> Callable[[Path], list[str]]:
+    def build(project: Path) -> list[str]:
+        from visionflow.data.images import write_png
+        import numpy as np
+
+        checkpoint(project / "model.ckpt")
+        write_png(project / "x.png", np.zeros((64, 64, 3), np.uint8))
+        return ["predict", "--task", task, "--model", "model.ckpt", "x.png"]
+
+    return build
+
+
+def segmentation_checkpoint(path: Path) -> None:
+    from test_checkpoints import _module_checkpoint
+
+    _module_checkpoint("segmentation", path)
+
+
+def truncated_checkpoint(path: Path) -> None:
+    from test_checkpoints import _module_checkpoint
+
+    data = _module_checkpoint("detection", path).read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+RESULT = {"image_id": 1, "category_id": 1, "score": 0.9, "bbox": [0, 0, 1, 1]}
+GT = {**COCO, "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 1,
+                               "iscrowd": 0}]}
+OTHER_CATEGORIES = {**COCO, "categories": [{"id": 1, "name": "other"}]}
+
+DATA_CASES = [
+    Case("coco-eval-result-not-object", coco_eval(GT, [RESULT, 3]), ("eval/results.json", "result 1", "object")),
+    Case("coco-eval-bbox-3-numbers", coco_eval(GT, [{**RESULT, "bbox": [0, 0, 1]}]),
+         ("eval/results.json", "result 0", "'bbox'")),
+    Case("coco-eval-bbox-nan", coco_eval(GT, [{**RESULT, "bbox": [float("nan"), 0, 1, 1]}]),
+         ("eval/results.json", "result 0", "'bbox'", "finite")),
+    Case("coco-eval-gt-without-categories", coco_eval({k: v for k, v in GT.items() if k != "categories"},
+                                                      [RESULT]), ("eval/gt.json", "'categories'")),
+    Case("train-corrupt-rle-counts",
+         train_segmentation_on(with_annotation(segmentation={"size": [1, 1], "counts": "zz"}), COCO),
+         ("data/raw/shapes/train.json", "annotation id 7", "counts")),
+    Case("train-val-categories-differ", train_segmentation_on(COCO, OTHER_CATEGORIES),
+         ("data/raw/shapes/val.json", "data/raw/shapes/train.json", "categories")),
+    Case("train-category-not-object", train_segmentation_on({**COCO, "categories": ["thing"]}, COCO),
+         ("data/raw/shapes/train.json", "category", "object")),
+    Case("train-stereo-8-bit-kitti-second-pair", train_stereo_on_kitti(second_disparity_bits=8),
+         ("data/raw/kitti/train/disp_occ_0/000001_10.png", "16-bit")),
+    Case("train-stereo-no-valid-disparity", train_stereo_on_kitti(all_invalid=True),
+         ("data/raw/kitti/", "disp_occ_0", "no valid disparity")),
+    Case("predict-other-family-checkpoint", predict_with(segmentation_checkpoint),
+         ("model.ckpt", "segmentation checkpoint, not detection")),
+    Case("predict-truncated-checkpoint", predict_with(truncated_checkpoint), ("model.ckpt", "not a readable")),
+]
+
+
+@pytest.mark.parametrize("case", DATA_CASES, ids=[case.id for case in DATA_CASES])
+def test_bad_model_or_data_gives_one_clear_line(case: Case, bad_project: Path, project_env: dict[str, str]):
+    run_case(case, bad_project, project_env)

@@ -185,3 +185,27 @@ def test_cli_prints_the_same_numbers(tmp_path):
     printed = json.loads(out.stdout)
     assert [printed[name] for name in PYCOCO_NAMES] == pytest.approx(pycocotools_stats(gt, results, "segm"))
     assert set(printed["per_class_AP"]) == {"c1", "c2", "c3"}
+
+
+GROUND_TRUTH = {"images": [{"id": 1, "width": 10, "height": 10}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16,
+                                 "iscrowd": 0}],
+                "categories": [{"id": 1, "name": "thing"}]}
+RESULT = {"image_id": 1, "category_id": 1, "score": 0.9, "bbox": [1, 1, 4, 4]}
+
+
+@pytest.mark.parametrize("gt, results, message", [
+    (GROUND_TRUTH, [RESULT, "x"], "result 1: must be an object, not str"),
+    (GROUND_TRUTH, [{**RESULT, "bbox": [1, 1, 4]}], "result 0: field 'bbox' must be 4 finite numbers"),
+    (GROUND_TRUTH, [{**RESULT, "bbox": [1, float("nan"), 4, 4]}], "result 0: field 'bbox' must be 4 finite"),
+    (GROUND_TRUTH, [{**RESULT, "bbox": [1, 1, 4, float("inf")]}], "result 0: field 'bbox' must be 4 finite"),
+    ({k: v for k, v in GROUND_TRUTH.items() if k != "categories"}, [RESULT], "missing field 'categories'"),
+    ({**GROUND_TRUTH, "categories": ["thing"]}, [RESULT], "categories entry 0: must be an object"),
+])
+def test_unscorable_input_is_an_error_naming_the_record(tmp_path, gt, results, message):
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    with pytest.raises(CocoResultsError, match=message) as caught:
+        evaluate_coco(tmp_path / "gt.json", tmp_path / "results.json")
+    assert str(tmp_path) in str(caught.value)
+    assert evaluate_coco(GROUND_TRUTH, [RESULT]).stats["AP"] == pytest.approx(1.0)  # the fixed input scores

@@ -156,3 +156,28 @@ def test_write_disparity_by_suffix(tmp_path):
     disparity = np.array([[1.5, np.nan]], np.float32)
     write_disparity(tmp_path / "d.pfm", disparity)
     assert np.isinf(read_disparity(tmp_path / "d.pfm")[0, 1])
+
+
+def test_a_disparity_with_no_valid_pixel_is_an_error(tmp_path):
+    make_kitti(tmp_path)
+    write_kitti_png(tmp_path / "training" / "disp_occ_0" / "000001_10.png", np.full((8, 12), np.inf))
+    with pytest.raises(ImageReadError, match=r"000001_10.png: no valid disparity"):
+        read_pair(find_pairs(tmp_path, "training")[1])
+
+
+def test_stereo_training_checks_every_disparity_header_before_it_starts(tmp_path):
+    from visionflow.data.disparity import check_disparity_header
+    from visionflow.tasks.stereo.data import labelled_split
+
+    make_kitti(tmp_path)
+    for path in (tmp_path / "training" / "disp_occ_0").iterdir():
+        check_disparity_header(path)
+    labelled_split(tmp_path, "training")
+    cv2.imwrite(str(tmp_path / "training" / "disp_occ_0" / "000001_10.png"), np.full((8, 12), 4, np.uint8))
+    with pytest.raises(DisparityFormatError, match=r"000001_10.png: KITTI disparity must be a 1-channel 16-bit PNG, "
+                                                   r"got 8-bit"):
+        labelled_split(tmp_path, "training")
+    write_kitti_png(tmp_path / "training" / "disp_occ_0" / "000001_10.png", np.full((8, 12), 2.0))
+    write_kitti_png(tmp_path / "training" / "disp_occ_0" / "000000_10.png", np.full((8, 12), np.inf))
+    with pytest.raises(ImageReadError, match=r"000000_10.png: no valid disparity"):
+        labelled_split(tmp_path, "training")

@@ -117,3 +117,70 @@ def test_bad_image_names_the_file(tmp_path, shapes_dataset):
     coco.images[0]["width"] = 33
     with pytest.raises(ImageReadError, match="width 33"):
         CocoSemanticDataset(coco)[0]
+
+
+def test_rle_string_counts_reads_what_pycocotools_writes():
+    from pycocotools import mask as mask_utils
+
+    from visionflow.data.coco import rle_string_counts
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        height, width = (int(v) for v in rng.integers(1, 30, 2))
+        mask = rng.random((height, width)) < rng.random()
+        runs = rle_string_counts(encode_mask(mask)["counts"])
+        assert sum(runs) == height * width
+        assert mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)["counts"] == \
+            encode_mask(mask)["counts"].encode()
+    assert rle_string_counts("0d0") == [0, 20]  # a 4x5 mask of ones: no zeros, then 20 ones
+
+
+@pytest.mark.parametrize("counts, message", [
+    ("11", "runs sum to 2 pixels"),  # valid characters, wrong total: pycocotools fails later, naming nothing
+    ("", "runs sum to 0"),  # pycocotools crashes the interpreter on this one
+    ("0d", "ends inside a number"),
+    ("0d0~", "character '~'"),
+    ("zz", "character 'z'"),
+    ([20, 61], "runs sum to 81"),
+    ([-1, 81], "negative runs: 1"),
+])
+def test_corrupt_rle_counts_stop_loading_naming_file_and_annotation(tmp_path, counts, message):
+    data = copy.deepcopy(VALID)
+    data["annotations"][0]["segmentation"] = {"size": [8, 10], "counts": counts}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CocoFormatError, match="annotation id 5: field 'segmentation' RLE counts are corrupt") as caught:
+        load_coco(path)
+    assert str(path) in str(caught.value) and message in str(caught.value)
+
+
+@pytest.mark.parametrize("key, record, message", [
+    ("categories", "thing", "category ? (entry 0): must be an object, not str"),
+    ("images", [1], "image ? (entry 0): must be an object, not list"),
+    ("annotations", 5, "annotation id ? (entry 0): must be an object, not int"),
+])
+def test_a_record_that_is_not_an_object_is_named(tmp_path, key, record, message):
+    data = copy.deepcopy(VALID)
+    data[key] = [record]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CocoFormatError, match=message.replace("?", r"\?").replace("(", r"\(").replace(")", r"\)")):
+        load_coco(path)
+
+
+def test_train_and_val_categories_must_agree(tmp_path):
+    from visionflow.data.coco import check_same_categories
+
+    (tmp_path / "train.json").write_text(json.dumps(VALID))
+    other = {**VALID, "categories": [{"id": 1, "name": "other"}]}
+    (tmp_path / "val.json").write_text(json.dumps(other))
+    check_same_categories(load_coco(tmp_path / "train.json"), load_coco(tmp_path / "train.json"))
+    with pytest.raises(CocoFormatError, match=r"val.json: categories \[\(1, 'other'\)\] differ from .*train.json"):
+        check_same_categories(load_coco(tmp_path / "train.json"), load_coco(tmp_path / "val.json"))
+
+
+def test_a_split_without_annotations_warns(tmp_path, caplog):
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps({**VALID, "annotations": []}))
+    load_coco(path)
+    assert f"{path}: 1 images but no annotations" in caplog.text

@@ -112,6 +112,34 @@ def write_kitti_png(path: str | Path, disparity: np.ndarray) -> None:
     path.write_bytes(buffer.tobytes())
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_disparity_header(path: str | Path) -> None:
+    """What the first bytes can tell: a ``.pfm`` starts with a PFM header, a KITTI ``.png`` is
+    1-channel 16-bit. Cheap enough for every file of a dataset before training reads them."""
+    path = Path(path)
+    if not path.is_file():
+        raise DisparityFormatError(f"{path}: disparity file not found")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    suffix = path.suffix.lower()
+    if suffix == ".pfm":
+        if _PFM_HEADER.match(head) is None:
+            raise DisparityFormatError(f"{path}: not a PFM file (header must be 'Pf' or 'PF', "
+                                       f"width height, scale)")
+    elif suffix == ".png":
+        # IHDR is the first chunk: bit depth at byte 24, colour type (0: grey) at 25
+        if len(head) < 26 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+            raise DisparityFormatError(f"{path}: cannot decode PNG")
+        depth, colour = head[24], head[25]
+        if depth != 16 or colour != 0:
+            raise DisparityFormatError(f"{path}: KITTI disparity must be a 1-channel 16-bit PNG, got "
+                                       f"{depth}-bit colour type {colour}")
+    else:
+        raise DisparityFormatError(f"{path}: unknown disparity format {suffix!r}; use .pfm or KITTI .png")
+
+
 def read_disparity(path: str | Path) -> np.ndarray:
     """float32 ``(H, W)`` disparity in px from ``.pfm`` or KITTI ``.png``; invalid = ``inf``."""
     path = Path(path)

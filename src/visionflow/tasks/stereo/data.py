@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from visionflow.config import ConfigError, StereoAugmentParams, StereoParams, TransformSpec
 from visionflow.data.batching import TrainValLoaders, image_to_tensor
+from visionflow.data.disparity import check_disparity_header
 from visionflow.data.stereo import StereoRecord, find_pairs, list_splits, read_pair
 from visionflow.paths import TaskPaths
 
@@ -269,9 +270,16 @@ def stereo_collate(items: list[tuple[torch.Tensor, ...]]) -> StereoBatch:
 
 
 def labelled_split(root: Path, split: str) -> list[StereoRecord]:
+    """The split's pairs, checked before training: every disparity file's header (an 8-bit
+    KITTI PNG far into the split would otherwise stop training late) and the first pair in
+    full (a dataset whose disparities are all invalid trains with a loss of 0)."""
     records = find_pairs(root, split)
     if not records:
         raise FileNotFoundError(f"{root / split}: no stereo pairs")
+    for record in records:
+        if record.disparity is not None:
+            check_disparity_header(record.disparity)
+    read_pair(records[0])
     return records
 
 
