@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,3 +67,30 @@ def test_cli_reports_a_missing_upstream_output(tmp_path):
     assert result.returncode == 1
     assert "models/segmentation/train.json: not found; run `visionflow train --task segmentation`" \
         in result.stderr
+
+
+def test_predict_outputs_of_inputs_sharing_a_stem_get_distinct_names(tmp_path):
+    from visionflow.tasks.base import output_stems
+
+    assert output_stems([Path("a/x.png"), Path("b/y.png")]) == ["x", "y"]
+    assert output_stems([Path("a/x.png"), Path("b/x.png"), Path("b/z.png")]) == ["a__x", "b__x", "z"]
+    assert output_stems([Path("a/x.png"), Path("a/x.jpg"), Path("a/x.png")]) == ["x", "x-2", "x-3"]
+
+
+def test_an_error_from_a_loader_process_is_shown_as_its_own_message():
+    from torch.utils.data import DataLoader
+
+    from visionflow.cli import one_line
+    from visionflow.data.disparity import DisparityFormatError
+
+    class Broken:
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            raise DisparityFormatError("d/000001_10.png: KITTI disparity must be a 1-channel 16-bit PNG")
+
+    with pytest.raises(DisparityFormatError) as caught:
+        list(DataLoader(Broken(), num_workers=1))
+    assert "Traceback" in str(caught.value)
+    assert one_line(caught.value) == "d/000001_10.png: KITTI disparity must be a 1-channel 16-bit PNG"
