@@ -35,8 +35,9 @@ def predict_disparity(model: torch.nn.Module, inputs: list[Path], out_dir: Path,
 
     For each pair writes ``<left stem>_disparity.pfm`` (float32 px, Middlebury PFM) and
     ``<left stem>_disparity.png`` (colour map); left stems made distinct by
-    :func:`~visionflow.tasks.base.output_stems` (Middlebury's ``a/im0.png``, ``b/im0.png``). A Middlebury ``calib.txt`` beside the left
-    image gives the disparity range (``ndisp``); otherwise it is probed.
+    :func:`~visionflow.tasks.base.output_stems` (Middlebury's ``a/im0.png``, ``b/im0.png``).
+    A Middlebury ``calib.txt`` beside the left image gives the disparity range (``ndisp``);
+    otherwise it is probed.
     """
     if len(inputs) % 2:
         raise ImageReadError(f"stereo predict takes LEFT RIGHT image pairs; got {len(inputs)} files")
