@@ -10,6 +10,7 @@ the test metrics, and a registered version points at it.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -58,13 +59,17 @@ def ui_url() -> str:
     return os.environ.get("VISIONFLOW_MLFLOW_UI", DEFAULT_UI_URL).rstrip("/")
 
 
+# MLflow 3's UI opens in its GenAI layout unless told (per browser, or by this query parameter).
+MODEL_TRAINING_LAYOUT = "workflowType=machine_learning"
+
+
 def run_link(experiment_id: str, run_id: str) -> str:
-    return f"{ui_url()}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui_url()}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_LAYOUT}"
 
 
 def headline_link(experiment_id: str) -> str:
     """The family's runs table with its test metrics as columns (see :func:`set_headline_view`)."""
-    return f"{ui_url()}/#/experiments/{experiment_id}?viewStateShareKey={HEADLINE_VIEW}"
+    return f"{ui_url()}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_LAYOUT}&viewStateShareKey={HEADLINE_VIEW}"
 
 
 def use_experiment(task: str, params: TrackingParams, root: Path) -> str:
@@ -152,6 +157,8 @@ def stage_run(run: StageRun, tracking: TrackingParams, root: Path, parent_run_id
     import mlflow
 
     experiment_id = use_experiment(run.task, tracking, root)
+    if system_metrics:  # its start/stop notices and "Skip logging GPU metrics" are not news
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     if parent_run_id is not None and not _run_exists(parent_run_id):
         parent_run_id = None
     if resume_run_id is not None and not _run_exists(resume_run_id):

@@ -40,9 +40,11 @@ def run(params: Params, task: str, root: Path) -> dict:
         log_metrics(metrics, prefix="test/")
         # The headline numbers belong on the run a person opens: the one that trained the model.
         log_metrics(metrics, prefix="test/", run_id=train_summary["mlflow_run_id"])
-        headline = [f"test/{family.primary_metric}",
-                    *[name for name in metric_values(metrics, "test/") if name != f"test/{family.primary_metric}"]]
-        set_headline_view(active.info.experiment_id, headline[:6])
+        # Columns: the primary metric, then the other top-level numbers (not per-class breakdowns).
+        headline = [family.primary_metric, *[k for k, v in metrics.items() if k != family.primary_metric
+                                             and isinstance(v, (int, float)) and not isinstance(v, bool)]]
+        set_headline_view(active.info.experiment_id, list(metric_values({k: metrics[k] for k in headline[:4]},
+                                                                        "test/")))
         log_artifacts(sorted(out.reports_dir.glob("*.png")), "evaluation")
         log_artifacts([paths.metrics], "evaluation")
     return metrics
