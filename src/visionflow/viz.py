@@ -57,8 +57,29 @@ def grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 1, gap: int = 2) -> 
     return canvas
 
 
-def save_grid(path: Path, rows: Sequence[Sequence[np.ndarray]], scale: int = 1) -> None:
-    write_png(path, grid(rows, scale=scale))
+def column_titles(titles: Sequence[str], tile_width: int, gap: int, height: int = 18) -> np.ndarray:
+    """A white uint8 (height, W, 3) strip with each title centred over its column."""
+    width = len(titles) * (tile_width + gap) - gap
+    strip = np.full((height, width, 3), 255, np.uint8)
+    for c, title in enumerate(titles):
+        (text_width, _), _ = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+        x = c * (tile_width + gap) + max(0, (tile_width - text_width) // 2)
+        cv2.putText(strip, title, (x, height - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def save_grid(path: Path, rows: Sequence[Sequence[np.ndarray]], scale: int = 1,
+              titles: Sequence[str] | None = None) -> None:
+    """:func:`grid` as PNG, with ``titles`` (one per column) written above the columns."""
+    image = grid(rows, scale=scale)
+    if titles:
+        n_cols = max(len(row) for row in rows)
+        if len(titles) != n_cols:
+            raise ValueError(f"{len(titles)} titles for {n_cols} columns")
+        tile_width = max(t.shape[1] for row in rows for t in row) * scale
+        strip = column_titles(titles, tile_width, gap=2 * scale)
+        image = np.concatenate([strip[:, : image.shape[1]], image], axis=0)
+    write_png(path, image)
 
 
 def save_confusion_matrix(path: Path, confusion: np.ndarray, class_names: Sequence[str]) -> None:

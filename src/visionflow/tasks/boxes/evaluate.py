@@ -120,4 +120,5 @@ def _write_overlays(path: Path, dataset: CocoDetectionDataset, shown: list[torch
         rows.append([image, draw_boxes(gt_view, gt_boxes, gt_classes, colours),
                      draw_boxes(pred_view, kept[:, :4].numpy(), kept[:, 5].long().numpy(), colours,
                                 kept[:, 4].numpy())])
-    save_grid(path, rows, scale=max(1, 256 // max(rows[0][0].shape[:2])))
+    save_grid(path, rows, scale=max(1, 256 // max(rows[0][0].shape[:2])),
+              titles=["image", "ground truth", f"prediction (score >= {min_score:g})"])

@@ -301,7 +301,7 @@ def _write_overlays(path: Path, dataset: CocoPoseDataset, schema: KeypointSchema
                                            flip_index=schema.flip_index)
         rows.append([np.kron(image, np.ones((scale, scale, 1), np.uint8)), truth, predicted])
     if rows:
-        save_grid(path, rows)
+        save_grid(path, rows, titles=["image", "ground truth", "prediction"])
 
 
 def _scaled(keypoints: np.ndarray, scale: int) -> np.ndarray:

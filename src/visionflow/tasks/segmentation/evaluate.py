@@ -55,8 +55,9 @@ def evaluate_segmentation(module: Any, data_root: Path, out: EvalOutputs, device
         errors = np.where(((prediction != labels) & (labels != 255))[..., None], [255, 0, 0], [0, 0, 0])
         rows.append([image, overlay_labels(image, labels, colours),
                      overlay_labels(image, prediction, colours), errors.astype(np.uint8)])
-    if rows:  # columns: image | ground truth | prediction | errors (red)
-        save_grid(out.reports_dir / "overlays.png", rows, scale=max(1, 192 // max(rows[0][0].shape[:2])))
+    if rows:
+        save_grid(out.reports_dir / "overlays.png", rows, scale=max(1, 192 // max(rows[0][0].shape[:2])),
+                  titles=["image", "ground truth", "prediction", "errors (red)"])
 
     out.plots_dir.mkdir(parents=True, exist_ok=True)
     with open(out.plots_dir / "iou.csv", "w", newline="") as f:  # a bar chart in `dvc plots`

@@ -172,8 +172,9 @@ def evaluate_split(model: torch.nn.Module, trained_max: float, root: Path, split
     progress.close()
 
     slug = key.replace("/", "_")
-    if rows:  # columns: left | right | truth | network | its errors | SGBM | its errors
-        save_grid(out.reports_dir / f"{slug}.png", rows, scale=max(1, 256 // max(rows[0][0].shape[:2])))
+    if rows:
+        save_grid(out.reports_dir / f"{slug}.png", rows, scale=max(1, 256 // max(rows[0][0].shape[:2])),
+                  titles=["left", "right", "truth", "network", "network errors", "SGBM", "SGBM errors"])
     with open(out.plots_dir / f"{slug}_bad_curve.csv", "w", newline="") as f:  # bad-x % vs x, a DVC plot
         writer = csv.writer(f)
         writer.writerow(["threshold_px", "net", "sgbm"])
