@@ -5,6 +5,10 @@ everything the result depends on (the family's params and the dataset's
 annotation files). Running the stage again with the same key resumes from that
 run's ``last.ckpt``; a finished run moves its checkpoints into ``models/<task>/``
 and clears its scratch folder, so a forced rerun trains from scratch.
+
+One process at a time trains in a run folder (``runfolder.hold_run_folder``). The
+stage's outputs (checkpoints, curves, summary) change only when training succeeds,
+each by an atomic rename: a killed run leaves the previous ones as they were.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -23,10 +28,12 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 from visionflow.config import TrackingParams, TrainerParams, params_hash
 from visionflow.data.batching import EpochSampler, derived_seed
 from visionflow.paths import TaskPaths
+from visionflow.runfolder import hold_run_folder, publish, replace_atomically
 from visionflow.runtime import Runtime, named_nondeterministic_ops, resolve_runtime, to_channels_last
 from visionflow.tasks.base import TaskFamily
 from visionflow.tracking import StageRun, log_artifacts, log_dataset, log_metrics, set_tags, stage_run
@@ -83,6 +90,45 @@ class ChannelsLast(Callback):
         to_channels_last(module)
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written beside their path and renamed into place.
+
+    Lightning's local save goes through a temporary file in the system's temp folder; where that
+    is another filesystem (a tmpfs ``/tmp``), the final move is a copy, and a run killed during it
+    leaves a truncated ``last.ckpt`` that the next run cannot resume from.
+
+    Strings are interned first (:func:`intern_strings`), so that the bytes depend on the
+    checkpoint's content alone: a resumed run's checkpoints equal an uninterrupted run's.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        checkpoint = intern_strings(checkpoint)
+        replace_atomically(Path(path), lambda f: torch.save(checkpoint, f))
+
+
+def intern_strings(value: Any) -> Any:
+    """``value`` with every string in its dicts, lists and tuples interned; dicts and lists in place.
+
+    Pickle writes a string it has written before as a reference to the first one, by identity.
+    A resumed run holds strings loaded from its checkpoint (the optimizer's ``"step"`` keys, the
+    history's rows) where an uninterrupted run holds the interned literals of the code, so the
+    same checkpoint would pickle to other bytes. Interned, equal strings are one object.
+    """
+    if isinstance(value, str):
+        return sys.intern(value) if type(value) is str else value
+    if isinstance(value, dict):
+        items = [(intern_strings(k), intern_strings(v)) for k, v in value.items()]
+        value.clear()
+        value.update(items)
+    elif isinstance(value, list):
+        value[:] = [intern_strings(v) for v in value]
+    elif type(value) is tuple:
+        return tuple(intern_strings(v) for v in value)
+    return value
+
+
 def write_csv(path: Path, rows: Sequence[dict[str, float]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -122,6 +168,7 @@ def build_trainer(trainer: TrainerParams, max_epochs: int, scratch: Path,
         logger=False,
         callbacks=list(callbacks),
         default_root_dir=scratch,
+        plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -156,6 +203,18 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
     run_key = params_hash({**trained_from, "dataset": data_fingerprint(data_root),
                            **({"backbone": backbone_hash} if backbone_hash else {})})
     scratch = paths.train_scratch / run_key
+    # The ranks a multi-process run starts share their primary's folder, which it holds for them.
+    with hold_run_folder(scratch) if is_primary_process() else nullcontext():
+        return _fit_in_folder(family, params, trainer_params, tracking, paths, extra_callbacks, pretrained_backbone,
+                              data_root=data_root, datamodule=datamodule, module=module,
+                              backbone_hash=backbone_hash, run_key=run_key, scratch=scratch, started=started)
+
+
+def _fit_in_folder(family: TaskFamily, params: Any, trainer_params: TrainerParams, tracking: TrackingParams,
+                   paths: TaskPaths, extra_callbacks: Sequence[Callback], pretrained_backbone: Path | None, *,
+                   data_root: Path, datamodule: Any, module: L.LightningModule, backbone_hash: str | None,
+                   run_key: str, scratch: Path, started: float) -> dict[str, Any]:
+    """:func:`train_task` in its run folder ``scratch``, which this process holds."""
     checkpoints = scratch / "checkpoints"
     resume_from = checkpoints / "last.ckpt"
     primary = is_primary_process()
@@ -173,7 +232,7 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
     # save_last writes only when the best checkpoint changes, so it can lag behind the run.)
     latest = ModelCheckpoint(dirpath=checkpoints, filename="last", monitor=None, save_top_k=1,
                              enable_version_counter=False)
-    history = EpochHistory(paths.train_curves_csv)
+    history = EpochHistory(scratch / paths.train_curves_csv.name)  # into plots/ once the run succeeds
     logged: dict[str, Any] = {family.name: params, "trainer": trainer_params}
     if backbone_hash:
         logged["pretrained"] = {"backbone": str(pretrained_backbone), "sha256": backbone_hash}
@@ -202,10 +261,8 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
             return {}
         if nondeterministic_ops:
             set_tags({"runtime.nondeterministic_ops": ", ".join(sorted(nondeterministic_ops))})
-        paths.models.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(checkpoint.best_model_path, paths.best_checkpoint)
-        shutil.copyfile(checkpoints / "last.ckpt", paths.last_checkpoint)
-        save_curves(paths.train_curves_png, history.rows)
+        curves_png = scratch / paths.train_curves_png.name
+        save_curves(curves_png, history.rows)
         summary = {
             "task": family.name,
             "mlflow_run_id": run.info.run_id,
@@ -221,7 +278,12 @@ def train_task(family: TaskFamily, params: Any, trainer_params: TrainerParams, t
             "nondeterministic_ops": sorted(nondeterministic_ops),
         }
         log_metrics({f"best/{family.monitor}": summary["best_score"]})
-        log_artifacts([paths.train_curves_png, paths.train_curves_csv], "curves")
-    paths.train_summary.write_text(json.dumps(summary, indent=2) + "\n")
+        log_artifacts([curves_png, history.csv_path], "curves")
+    # The outputs change only now, the summary last: a run killed before leaves the previous ones.
+    for source, output in ((checkpoint.best_model_path, paths.best_checkpoint),
+                           (checkpoints / "last.ckpt", paths.last_checkpoint),
+                           (history.csv_path, paths.train_curves_csv), (curves_png, paths.train_curves_png)):
+        publish(Path(source), output)
+    replace_atomically(paths.train_summary, lambda f: f.write((json.dumps(summary, indent=2) + "\n").encode()))
     shutil.rmtree(scratch, ignore_errors=True)
     return summary
