@@ -90,6 +90,20 @@ class ChannelsLast(Callback):
         to_channels_last(module)
 
 
+class ResumableModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that restores all the state it saves.
+
+    Lightning leaves ``current_score`` (the score of the last checkpoint it kept) out of
+    ``load_state_dict``: a resumed run whose remaining epochs do not improve would save it as
+    None where the uninterrupted run saves the score, and its checkpoints would differ.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if state_dict.get("dirpath", self.dirpath) == self.dirpath:
+            self.current_score = state_dict.get("current_score", self.current_score)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written beside their path and renamed into place.
 
@@ -226,12 +240,12 @@ def _fit_in_folder(family: TaskFamily, params: Any, trainer_params: TrainerParam
     run_id_file = scratch / "mlflow_run_id"
     previous_run = run_id_file.read_text().strip() if resume_from and run_id_file.is_file() else None
 
-    checkpoint = ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=family.monitor,
-                                 mode=family.monitor_mode, save_top_k=1, auto_insert_metric_name=False)
+    checkpoint = ResumableModelCheckpoint(dirpath=checkpoints, filename="best", monitor=family.monitor,
+                                          mode=family.monitor_mode, save_top_k=1, auto_insert_metric_name=False)
     # Every epoch's end, whether or not it improved: what a resume continues from. (Lightning's
     # save_last writes only when the best checkpoint changes, so it can lag behind the run.)
-    latest = ModelCheckpoint(dirpath=checkpoints, filename="last", monitor=None, save_top_k=1,
-                             enable_version_counter=False)
+    latest = ResumableModelCheckpoint(dirpath=checkpoints, filename="last", monitor=None, save_top_k=1,
+                                      enable_version_counter=False)
     history = EpochHistory(scratch / paths.train_curves_csv.name)  # into plots/ once the run succeeds
     logged: dict[str, Any] = {family.name: params, "trainer": trainer_params}
     if backbone_hash:
