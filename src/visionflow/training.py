@@ -32,6 +32,7 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 
 from visionflow.config import TrackingParams, TrainerParams, params_hash
 from visionflow.data.batching import EpochSampler, derived_seed
+from visionflow.models.checkpoints import load_weights
 from visionflow.paths import TaskPaths
 from visionflow.runfolder import hold_run_folder, publish, replace_atomically
 from visionflow.runtime import Runtime, named_nondeterministic_ops, resolve_runtime, to_channels_last
@@ -267,10 +268,11 @@ def _fit_in_folder(family: TaskFamily, params: Any, trainer_params: TrainerParam
         train_loader = datamodule.train_dataloader()
         if resume_from and isinstance(train_loader.sampler, EpochSampler):
             # Checkpoints are written at an epoch's end: the run goes on with the next one.
-            saved = torch.load(resume_from, map_location="cpu", weights_only=True)["epoch"]
+            saved = load_weights(resume_from)["epoch"]
             train_loader.sampler.set_epoch(saved + 1)
         trainer.fit(module, train_dataloaders=train_loader,
-                    val_dataloaders=datamodule.val_dataloader(), ckpt_path=resume_from)
+                    val_dataloaders=datamodule.val_dataloader(), ckpt_path=resume_from,
+                    weights_only=True)  # tensors and plain data only: a resumed file runs no code
         if not primary:
             return {}
         if nondeterministic_ops:
