@@ -5,22 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from visionflow.config import Params
 from visionflow.paths import TaskPaths, read_stage_json
+from visionflow.runtime import device_type
 from visionflow.tasks import get_task
 from visionflow.tasks.base import EvalOutputs
 from visionflow.tracking import (StageRun, log_artifacts, log_dataset, log_metrics, metric_values,
                                  set_headline_view, stage_run)
-
-
-def pick_device(accelerator: str):
-    import torch
-
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    if accelerator == "mps":
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def run(params: Params, task: str, root: Path) -> dict:
@@ -32,7 +25,7 @@ def run(params: Params, task: str, root: Path) -> dict:
         log_dataset(data_root, paths.dataset_manifest(section.data.source), context="evaluation")
         module = family.load_module(paths.best_checkpoint)
         out = EvalOutputs(plots_dir=paths.eval_plots, reports_dir=paths.eval_reports, project_root=root)
-        metrics = family.evaluate(section, module, data_root, out, pick_device(params.trainer.accelerator))
+        metrics = family.evaluate(section, module, data_root, out, torch.device(device_type(params.trainer.accelerator)))
         if family.primary_metric not in metrics:
             raise KeyError(f"{task} evaluate() returned no {family.primary_metric!r}")
         paths.metrics.parent.mkdir(parents=True, exist_ok=True)
