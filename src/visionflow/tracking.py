@@ -33,6 +33,32 @@ TAG_NOTE = "mlflow.note.content"  # the description the UI shows
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # a runs-table layout the UI opens with ?viewStateShareKey=
 HEADLINE_VIEW = "headline"
 DEFAULT_UI_URL = "http://127.0.0.1:5000"
+TAG_WARNINGS = "visionflow.warnings"  # what the stage warned about, one per line
+
+
+class _WarningCollector(logging.Handler):
+    """Keeps the messages of visionflow's warnings in this process (one process per stage)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage().removeprefix("visionflow: warning: "))
+        if not self._others_handle(record.name) and logging.lastResort is not None:
+            logging.lastResort.handle(record)  # still on stderr, as with no handler at all
+
+    def _others_handle(self, name: str) -> bool:
+        logger: logging.Logger | None = logging.getLogger(name)
+        while logger is not None:
+            if any(handler is not self for handler in logger.handlers):
+                return True
+            logger = logger.parent if logger.propagate else None
+        return False
+
+
+STAGE_WARNINGS = _WarningCollector()
+logging.getLogger("visionflow").addHandler(STAGE_WARNINGS)
 
 
 def tracking_uri(params: TrackingParams, root: Path) -> str:
@@ -176,7 +202,11 @@ def stage_run(run: StageRun, tracking: TrackingParams, root: Path, parent_run_id
                           parent_run_id=parent_run_id, tags=tags, log_system_metrics=system_metrics) as active:
         if resume_run_id is None:
             mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
-        yield active
+        try:
+            yield active
+        finally:
+            if STAGE_WARNINGS.messages:  # e.g. a split without annotations: on the run, not only the log
+                mlflow.set_tag(TAG_WARNINGS, "\n".join(STAGE_WARNINGS.messages)[:5000])
 
 
 def _run_exists(run_id: str) -> bool:

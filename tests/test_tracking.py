@@ -1,0 +1,32 @@
+"""What tracking.py puts on a stage's MLflow run besides params and metrics."""
+
+from __future__ import annotations
+
+import logging
+
+from visionflow.config import TrackingParams
+from visionflow.tracking import TAG_WARNINGS, StageRun, experiment_name, stage_run
+
+
+def test_a_stage_warning_reaches_its_mlflow_run(tmp_path, monkeypatch, caplog):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with stage_run(StageRun("detection", "evaluate", {}), TrackingParams(), tmp_path) as run:
+        logging.getLogger("visionflow.data.coco").warning(
+            "visionflow: warning: %s: %d images but no annotations", "test.json", 4)
+    assert mlflow.get_run(run.info.run_id).data.tags[TAG_WARNINGS].endswith("test.json: 4 images but no annotations")
+    assert "test.json: 4 images but no annotations" in caplog.text  # and still in the log
+
+
+def test_experiments_are_spelled_like_registered_models_and_default_is_gone(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with stage_run(StageRun("instance_segmentation", "train", {}), TrackingParams(), tmp_path):
+        pass
+    assert experiment_name("instance_segmentation") == "visionflow-instance-segmentation"
+    names = [e.name for e in mlflow.search_experiments()]
+    assert names == ["visionflow-instance-segmentation"]
+    tags = mlflow.get_experiment_by_name("visionflow-instance-segmentation").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
