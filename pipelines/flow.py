@@ -49,8 +49,11 @@ def running_prefect_server(url: str = DEFAULT_PREFECT_SERVER) -> str | None:
         return None
 
 
-if "PREFECT_API_URL" not in os.environ:  # must be decided before Prefect is imported
-    _found = running_prefect_server(os.environ.get("VISIONFLOW_PREFECT_UI", DEFAULT_PREFECT_SERVER))
+# Decided before Prefect is imported. VISIONFLOW_PREFECT_UI names the server to look for;
+# empty, it looks for none (the tests keep off a developer's running `make ui`).
+_server = os.environ.get("VISIONFLOW_PREFECT_UI", DEFAULT_PREFECT_SERVER)
+if "PREFECT_API_URL" not in os.environ and _server:
+    _found = running_prefect_server(_server.rstrip("/"))
     if _found:
         os.environ["PREFECT_API_URL"] = _found
 

@@ -105,8 +105,10 @@ def project_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
         "PREFECT_SERVER_UI_STATIC_DIRECTORY": str(tmp_path / ".cache" / "prefect" / "ui"),
         "DVC_SITE_CACHE_DIR": str(tmp_path / ".cache" / "dvc-site"),
         "TQDM_DISABLE": "1",
+        "VISIONFLOW_PREFECT_UI": "",  # a flow never reports to a developer's running `make ui`
     }
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("PREFECT_API_URL", None)
     return env
 
 
