@@ -46,6 +46,16 @@ repro-gpu: install
 	$(BIN)/dvc exp run $$($(BIN)/visionflow profile params.gpu.yaml)
 	$(BIN)/dvc metrics show
 
+## push: upload the DVC-tracked outputs (data, models, reports) to the default DVC remote
+push: install
+	$(BIN)/dvc push
+
+## pull: fetch the outputs dvc.lock names from the DVC remote (a fresh clone gets the trained models, no recompute)
+pull: install
+	$(BIN)/dvc pull
+
+.PHONY: push pull
+
 ## flow: run the same stages as a Prefect flow (visible in the Prefect UI)
 flow: install
 	$(BIN)/python pipelines/flow.py
