@@ -5,6 +5,9 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
+# mlflow-server's stores: any SQLAlchemy URI (postgresql://...) and any artifact URI (s3://...)
+MLFLOW_BACKEND_URI ?= sqlite:///$(CURDIR)/mlflow-server/mlflow.db
+MLFLOW_ARTIFACTS_DESTINATION ?= $(CURDIR)/mlflow-server/artifacts
 
 # Tools started from make (dvc, prefect, mlflow) get the same quiet, offline,
 # in-project settings that visionflow sets for itself at import.
@@ -19,7 +22,7 @@ export PREFECT_SERVER_UI_STATIC_DIRECTORY := $(CURDIR)/.cache/prefect/ui
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.cache/dvc-site
 export NO_PROXY := 127.0.0.1,localhost
 
-.PHONY: install constraints repro repro-gpu flow test test-slow ui prefect-ui mlflow-ui bench throughput clean
+.PHONY: install constraints repro repro-gpu flow test test-slow ui prefect-ui mlflow-ui mlflow-server bench throughput clean
 
 install: $(VENV)/.installed
 
@@ -60,6 +63,15 @@ pull: install
 flow: install
 	$(BIN)/python pipelines/flow.py
 
+## deploy: the flow as deployment visionflow/visionflow on process work pool visionflow (needs `make ui`)
+## worker: a Prefect worker that runs the deployment's flow runs; then `prefect deployment run visionflow/visionflow`
+.PHONY: deploy worker
+deploy worker: export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+deploy: install
+	$(BIN)/python pipelines/deploy.py
+worker: install
+	$(BIN)/prefect worker start --pool visionflow
+
 ## test: the fast test suite
 test: install
 	$(BIN)/python -m pytest -q
@@ -77,6 +89,12 @@ prefect-ui: install
 mlflow-ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts
+
+## mlflow-server: shared MLflow tracking server on $(MLFLOW_PORT): runs in MLFLOW_BACKEND_URI, artifacts proxied to MLFLOW_ARTIFACTS_DESTINATION
+mlflow-server: install
+	mkdir -p $(CURDIR)/mlflow-server
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	  --backend-store-uri $(MLFLOW_BACKEND_URI) --serve-artifacts --artifacts-destination $(MLFLOW_ARTIFACTS_DESTINATION)
 
 ## throughput: loader, step and end-to-end images/s of every family (needs the synthetic data)
 throughput: install
