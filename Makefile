@@ -63,6 +63,15 @@ pull: install
 flow: install
 	$(BIN)/python pipelines/flow.py
 
+## deploy: the flow as deployment visionflow/visionflow on process work pool visionflow (needs `make ui`)
+## worker: a Prefect worker that runs the deployment's flow runs; then `prefect deployment run visionflow/visionflow`
+.PHONY: deploy worker
+deploy worker: export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+deploy: install
+	$(BIN)/python pipelines/deploy.py
+worker: install
+	$(BIN)/prefect worker start --pool visionflow
+
 ## test: the fast test suite
 test: install
 	$(BIN)/python -m pytest -q

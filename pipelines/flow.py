@@ -183,7 +183,21 @@ def _submit(stage_task, stage: str, family: str | None, params_file: str, planne
         stage, family, params_file, may_run, wait_for=wait_for)
 
 
-@flow(name="visionflow", log_prints=True)
+def git_commit_short(root: Path) -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else "no-commit"
+
+
+def flow_run_name() -> str:
+    """``visionflow: 6 families @ 1a2b3c4``, from the run's parameters (deployment runs too)."""
+    parameters = current_flow_run.parameters
+    params_path = Path(parameters.get("params_file") or "params.yaml").resolve()
+    families = parameters.get("tasks") or load_params(params_path).tasks
+    noun = "family" if len(families) == 1 else "families"
+    return f"visionflow: {len(families)} {noun} @ {git_commit_short(params_path.parent)}"
+
+
+@flow(name="visionflow", flow_run_name=flow_run_name, log_prints=True)
 def visionflow_pipeline(params_file: str = "params.yaml", tasks: list[str] | None = None) -> list[dict]:
     """acquire, then synthesize → augment → train → evaluate → register for each family in parallel.
 
@@ -196,6 +210,7 @@ def visionflow_pipeline(params_file: str = "params.yaml", tasks: list[str] | Non
     for family in families:
         params.task(family)  # an unknown or disabled family fails before anything runs
     root = Path(params_file).resolve().parent
+    create_tracking_store(params, root)
     planned = stages_to_check(root)
     upstream = {family: upstream_stages(root, dvc_stage_name("pretrained", family))
                 for family in families if family in params.pretrained}
@@ -221,6 +236,16 @@ def visionflow_pipeline(params_file: str = "params.yaml", tasks: list[str] | Non
     results = [future.result() for future in futures]
     report_artifact(root, params, families, results)
     return results
+
+
+def create_tracking_store(params, root: Path) -> None:
+    """Create MLflow's store (and run its migrations) once: families' first stages start together,
+    and two processes creating a fresh SQLite store at once fail in its migrations."""
+    import mlflow
+
+    from visionflow.tracking import tracking_uri
+
+    mlflow.MlflowClient(tracking_uri(params.tracking, root)).search_experiments(max_results=1)
 
 
 def report_artifact(root: Path, params, families: list[str], results: list[dict]) -> None:
@@ -253,21 +278,17 @@ def report_artifact(root: Path, params, families: list[str], results: list[dict]
                              description="Headline test metric per family, and what this flow run ran")
 
 
-def git_commit_short(root: Path) -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else "no-commit"
-
-
 def run_pipeline(params_file: str, tasks: list[str] | None = None) -> list[dict]:
-    """The flow under a name and tags that say what it runs: families, commit, params hash."""
+    """The flow, tagged with what it runs: families, commit, params hash."""
     params_path = Path(params_file).resolve()
     families = tasks or load_params(params_path).tasks
-    commit = git_commit_short(params_path.parent)
-    params_digest = hashlib.sha256(params_path.read_bytes()).hexdigest()[:12]
-    name = f"visionflow: {len(families)} {'family' if len(families) == 1 else 'families'} @ {commit}"
-    with tags(*[f"family:{f}" for f in families], f"commit:{commit}", f"params:{params_digest}"):
-        return visionflow_pipeline.with_options(flow_run_name=name)(params_file=str(params_path),
-                                                                     tasks=list(families))
+    with tags(*run_tags(params_path, families)):
+        return visionflow_pipeline(params_file=str(params_path), tasks=list(families))
+
+
+def run_tags(params_path: Path, families: list[str]) -> list[str]:
+    digest = hashlib.sha256(params_path.read_bytes()).hexdigest()[:12]
+    return [*[f"family:{f}" for f in families], f"commit:{git_commit_short(params_path.parent)}", f"params:{digest}"]
 
 
 def main() -> int:
