@@ -69,6 +69,10 @@ from visionflow.stages import TASK_STAGES  # noqa: E402
 
 _DVC_LOCK = threading.Lock()  # DVC holds a repo-wide lock: one DVC call at a time
 UP_TO_DATE_TAG = "up-to-date"
+# Stages that use the GPU carry this tag: `prefect concurrency-limit create gpu 1` lets one
+# of them run at a time while the other families' CPU stages go on.
+ACCELERATOR_TAG = "gpu"
+ACCELERATOR_STAGES = ("train", "evaluate")
 LAST_FLOW_RUN: dict[str, str] = {}  # the id of this process's latest flow run, for its link
 
 
@@ -179,6 +183,8 @@ def _submit(stage_task, stage: str, family: str | None, params_file: str, planne
     name = dvc_stage_name(stage, family)
     may_run = name in planned
     labels = [f"stage:{stage}"] + ([f"family:{family}"] if family else []) + ([] if may_run else [UP_TO_DATE_TAG])
+    if stage in ACCELERATOR_STAGES:
+        labels.append(ACCELERATOR_TAG)
     return stage_task.with_options(task_run_name=name, tags=labels).submit(
         stage, family, params_file, may_run, wait_for=wait_for)
 

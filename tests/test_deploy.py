@@ -46,6 +46,8 @@ def test_a_worker_runs_a_deployment_of_two_families(tiny_project: Path, project_
     worker = None
     try:
         wait_for(f"{prefect}/api/health")
+        subprocess.run([str(BIN / "prefect"), "concurrency-limit", "create", "gpu", "1"], cwd=tiny_project,
+                       env=env, check=True, capture_output=True, timeout=60)  # one GPU stage at a time
         subprocess.run([sys.executable, str(REPO / "pipelines" / "deploy.py"), "--project", str(tiny_project),
                         "--limit", "1"], cwd=tiny_project, env=env, check=True, capture_output=True, timeout=120)
         worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "visionflow"],
@@ -64,6 +66,9 @@ def test_a_worker_runs_a_deployment_of_two_families(tiny_project: Path, project_
                               {"flow_runs": {"id": {"any_": [flow_runs[0]["id"]]}}})
         states = {r["name"]: r["state"]["name"] for r in task_runs}
         assert states["train@segmentation"] == states["train@stereo"] == "Completed"
+        gpu_stages = sorted((r["start_time"], r["end_time"]) for r in task_runs if "gpu" in r["tags"])
+        assert len(gpu_stages) == 4  # train and evaluate of both families, one at a time:
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(gpu_stages, gpu_stages[1:]))
         status = subprocess.run([str(BIN / "dvc"), "status"], cwd=tiny_project, env=env,
                                 capture_output=True, text=True)
         assert "Data and pipelines are up to date" in status.stdout, status.stdout
