@@ -11,11 +11,8 @@ a test parametrised over it.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import subprocess
-import tarfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +21,7 @@ import pytest
 import yaml
 
 from conftest import BIN, REPO, tree_hashes
+from test_acquire import tar_bytes, zip_bytes
 
 OUTPUT_FOLDERS = ("data", "models", "metrics", "plots", "reports", "predictions")
 
@@ -145,21 +143,7 @@ def acquire_from(archive_name: str, data: bytes) -> Callable[[Path], list[str]]:
 
 
 def tgz(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-def zip_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
+    return tar_bytes(members, top="")
 
 
 # Big enough that cutting it in half loses whole blocks, not just the trailer.
