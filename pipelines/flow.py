@@ -247,11 +247,9 @@ def visionflow_pipeline(params_file: str = "params.yaml", tasks: list[str] | Non
 def create_tracking_store(params, root: Path) -> None:
     """Create MLflow's store (and run its migrations) once: families' first stages start together,
     and two processes creating a fresh SQLite store at once fail in its migrations."""
-    import mlflow
+    from visionflow.tracking import create_store
 
-    from visionflow.tracking import tracking_uri
-
-    mlflow.MlflowClient(tracking_uri(params.tracking, root)).search_experiments(max_results=1)
+    create_store(params.tracking, root)
 
 
 def report_artifact(root: Path, params, families: list[str], results: list[dict]) -> None:
@@ -259,11 +257,9 @@ def report_artifact(root: Path, params, families: list[str], results: list[dict]
     which of its stages ran, and links to its MLflow training run and runs table."""
     from visionflow.paths import TaskPaths
     from visionflow.tasks import get_task
-    from visionflow.tracking import headline_link, run_link, tracking_uri
+    from visionflow.tracking import headline_link, run_experiment_id, run_link, use_store
 
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri(params.tracking, root))
+    use_store(params.tracking, root)
     ran = {r["stage"] for r in results if r["ran"]}
     lines = ["| family | test metric | stages run | MLflow |", "|---|---|---|---|"]
     for family in families:
@@ -273,11 +269,9 @@ def report_artifact(root: Path, params, families: list[str], results: list[dict]
         links = "-"
         if paths.train_summary.is_file():
             run_id = json.loads(paths.train_summary.read_text())["mlflow_run_id"]
-            try:
-                experiment_id = mlflow.get_run(run_id).info.experiment_id
+            experiment_id = run_experiment_id(run_id)
+            if experiment_id is not None:
                 links = f"[training run]({run_link(experiment_id, run_id)}) · [runs]({headline_link(experiment_id)})"
-            except mlflow.exceptions.MlflowException:
-                pass
         shown = f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"{metric} -"
         lines.append(f"| {family} | {shown} | {', '.join(stages) or 'none (up to date)'} | {links} |")
     create_markdown_artifact("\n".join(lines), key="visionflow-metrics",

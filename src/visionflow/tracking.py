@@ -138,6 +138,34 @@ def _hide_empty_default_experiment() -> None:
         pass  # no such experiment, or a store that does not allow it
 
 
+def create_store(params: TrackingParams, root: Path) -> None:
+    """Create the tracking store (and run its migrations) now, in this process.
+
+    Two processes creating a fresh SQLite store at once fail in its migrations,
+    so an orchestrator that starts several stages together creates it first.
+    """
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri(params, root)).search_experiments(max_results=1)
+
+
+def use_store(params: TrackingParams, root: Path) -> None:
+    """Point mlflow at the tracking store (no experiment chosen)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(params, root))
+
+
+def run_experiment_id(run_id: str) -> str | None:
+    """The experiment of a run in the store (None when the store does not know the run)."""
+    import mlflow
+
+    try:
+        return mlflow.get_run(run_id).info.experiment_id
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 @dataclass(frozen=True)
 class StageRun:
     """What a stage tells MLflow about itself."""
