@@ -135,6 +135,16 @@ class TaskFamily(ABC):
         raise NotImplementedError(f"task family {self.name!r} cannot start from a pretrained backbone; "
                                   f"remove pretrained.{self.name} from params.yaml")
 
+    def upstream(self, params: Any) -> dict[str, list[str]]:
+        """Inputs this family's stages read from other families, for ``params`` (its section).
+
+        Stage (``"evaluate"``) -> paths relative to the project root that ``dvc.yaml`` adds to
+        that stage's deps: another family's outputs (``models/<family>/best.ckpt``), or code the
+        stage runs without importing it (a path under ``src/visionflow/``: that code and its
+        imports). Default: none.
+        """
+        return {}
+
     def predict(self, model: "torch.nn.Module", inputs: list[Path], out_dir: Path,
                 device: "torch.device") -> list[Path]:
         """Run an exported model (``export().module`` or its MLflow-logged copy) on user files.

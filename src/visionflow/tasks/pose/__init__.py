@@ -117,6 +117,16 @@ class Pose(TaskFamily):
         skeleton and flip pairs as buffers."""
         return module.predictor.eval()
 
+    def upstream(self, params: Any) -> dict[str, list[str]]:
+        """With ``evaluate.boxes: detection``, evaluate crops the boxes that the detection family's
+        best checkpoint finds, run through that family's code (looked up by name, not imported).
+        ``predict`` reads the same checkpoint, but it is no pipeline stage."""
+        if params.evaluate.boxes != "detection":
+            return {}
+        from visionflow.paths import TaskPaths
+
+        return {"evaluate": [TaskPaths("detection").best_checkpoint.as_posix(), "src/visionflow/tasks/detection"]}
+
     def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device",
                 detector: Any = "project") -> list[Path]:
         """``detector``: an exported detection model whose boxes are cropped, None (each image is
