@@ -30,3 +30,32 @@ def test_experiments_are_spelled_like_registered_models_and_default_is_gone(tmp_
     assert names == ["visionflow-instance-segmentation"]
     tags = mlflow.get_experiment_by_name("visionflow-instance-segmentation").tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_epoch_metrics_go_to_the_active_run_at_the_epoch_step(tmp_path, monkeypatch):
+    import mlflow
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    from visionflow.tracking import epoch_metrics_callback
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    callback = epoch_metrics_callback()
+    assert isinstance(callback, Callback) and callback.state_dict() == {}  # nothing added to checkpoints
+
+    class Trainer:  # what the callback reads of a Lightning trainer after an epoch
+        is_global_zero = True
+        current_epoch = 0
+        callback_metrics = {"train/loss": torch.tensor(0.5), "val/mIoU": torch.tensor(0.25)}
+
+    trainer = Trainer()
+    with stage_run(StageRun("segmentation", "train", {}), TrackingParams(), tmp_path) as run:
+        callback.on_train_epoch_end(trainer, None)
+        trainer.current_epoch, trainer.callback_metrics = 1, {"train/loss": torch.tensor(0.125)}
+        callback.on_train_epoch_end(trainer, None)
+        trainer.is_global_zero = False  # another rank of a multi-GPU run: logs nothing
+        callback.on_train_epoch_end(trainer, None)
+    client = mlflow.MlflowClient()
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")] == [(1, 0.5),
+                                                                                                     (2, 0.125)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val/mIoU")] == [(1, 0.25)]

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     coco.add_argument("--backend", choices=("faster", "pycocotools"), default="faster",
                       help="faster-coco-eval (default) or the pycocotools reference; same numbers")
     sub.add_parser("check-params", help="validate the params file and print the enabled tasks")
+    dag = sub.add_parser("dag", help="write dvc.yaml for the params file (stages, params, deps, outs)")
+    dag.add_argument("--check", action="store_true", help="write nothing; fail, naming what differs, if dvc.yaml "
+                     "is not what `visionflow dag` would write")
     profile = sub.add_parser("profile", help="print a profile's keys (e.g. params.gpu.yaml) as `dvc exp run` "
                              "flags: dvc exp run $(visionflow profile params.gpu.yaml)")
     profile.add_argument("profile", type=Path, help="a YAML file of params keys to override")
@@ -84,13 +87,10 @@ def load_model(params, root: Path, task: str, model_ref: str):
     from visionflow.tasks import get_task
 
     if "://" in model_ref or model_ref.startswith("models:/"):
-        import mlflow
+        from visionflow.tracking import load_pytorch_model
 
-        from visionflow.tracking import tracking_uri
-
-        if params is not None:  # else MLFLOW_TRACKING_URI or MLflow's default
-            mlflow.set_tracking_uri(tracking_uri(params.tracking, root))
-        return mlflow.pytorch.load_model(model_ref)
+        # Without a params file: MLFLOW_TRACKING_URI or MLflow's default.
+        return load_pytorch_model(model_ref, params.tracking if params is not None else None, root)
     family = get_task(task)
     return family.inference_module(family.load_module(Path(model_ref)))
 
@@ -130,6 +130,17 @@ def run_predict(params, root: Path, args: argparse.Namespace) -> dict:
                                load_model(params, root, "detection", args.detector).to(device).eval())
     written = family.predict(model, args.inputs, args.out, device, **options)
     return {"model": model_ref, "written": [str(p) for p in written]}
+
+
+def run_dag(params, root: Path, check: bool) -> dict:
+    from visionflow import dag
+
+    if check:
+        difference = dag.difference(root, params)
+        if difference is not None:
+            raise ConfigError(difference)
+        return {"dvc.yaml": "up to date"}
+    return {"dvc.yaml": str(root / dag.DVC_YAML), "written": dag.write(root, params)}
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -179,6 +190,8 @@ def dispatch(args: argparse.Namespace) -> dict:
         return {"tasks": params.tasks}
     if args.command == "profile":
         return run_profile(params_path, args.profile)
+    if args.command == "dag":
+        return run_dag(params, root, args.check)
     stage = importlib.import_module(f"visionflow.stages.{args.command}")
     if args.command == "acquire":
         return stage.run(params, root, progress=not args.no_progress)

@@ -1,11 +1,15 @@
 """MLflow: where runs go, how they are tagged, and the model registry's champion alias.
 
-The only module that imports mlflow. One experiment per task family
-(``visionflow-<family>``, the name its registered model has too); each stage run
-is tagged with the git commit, the DVC stage and a hash of the params the stage
-reads. Evaluate and register runs are children of the train run that made the
-model, so the MLflow UI shows them nested under it; the train run itself carries
-the test metrics, and a registered version points at it.
+The only module that imports mlflow (``tests/test_import_boundaries.py`` checks):
+the stages, the training loop, the CLI and the Prefect flow reach MLflow through
+the functions here. One experiment per task family (``visionflow-<family>``, the
+name its registered model has too); each stage run is tagged with the git commit,
+the DVC stage and a hash of the params the stage reads. A training's per-epoch
+train and validation metrics reach its run through :func:`epoch_metrics_callback`
+(a Lightning callback; Lightning is imported only when one is made, so stages that
+never train do not load it). Evaluate and register runs are children of the train
+run that made the model, so the MLflow UI shows them nested under it; the train
+run itself carries the test metrics, and a registered version points at it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +279,44 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None, prefix: str
     flat = metric_values(metrics, prefix)
     if flat:
         mlflow.log_metrics(flat, step=step, run_id=run_id, model_id=model_id)
+
+
+def epoch_metrics_callback() -> Any:
+    """A Lightning callback that logs each epoch's train and validation metrics to the active run.
+
+    After every training epoch (Lightning has run that epoch's validation by then), the
+    trainer's ``callback_metrics`` go to the run as they are named (``train/loss``,
+    ``val/mIoU``: MLflow's charts group metrics by those prefixes), at step = the epoch
+    counted from 1. Only the global rank 0 logs; the callback keeps no state, so it adds
+    nothing to checkpoints.
+    """
+    return _epoch_metrics_callback_class()()
+
+
+@cache
+def _epoch_metrics_callback_class() -> type:
+    from lightning.pytorch.callbacks import Callback
+
+    class EpochMetricsToMLflow(Callback):
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            if trainer.is_global_zero:
+                metrics = {name: float(value) for name, value in sorted(trainer.callback_metrics.items())}
+                log_metrics(metrics, step=trainer.current_epoch + 1)
+
+    return EpochMetricsToMLflow
+
+
+def load_pytorch_model(model_uri: str, params: TrackingParams | None, root: Path) -> Any:
+    """The torch module logged at ``model_uri`` (``models:/<name>@champion``, ``runs:/...``).
+
+    ``params``: the tracking store it is in; None leaves ``MLFLOW_TRACKING_URI`` or
+    MLflow's default. A model in pickle format runs code from its file when loaded.
+    """
+    import mlflow
+
+    if params is not None:
+        mlflow.set_tracking_uri(tracking_uri(params, root))
+    return mlflow.pytorch.load_model(model_uri)
 
 
 def log_dataset(folder: Path, manifest: Path, context: str) -> None:

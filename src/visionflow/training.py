@@ -37,14 +37,16 @@ from visionflow.paths import TaskPaths
 from visionflow.runfolder import hold_run_folder, publish, replace_atomically
 from visionflow.runtime import Runtime, named_nondeterministic_ops, resolve_runtime, to_channels_last
 from visionflow.tasks.base import TaskFamily
-from visionflow.tracking import StageRun, log_artifacts, log_dataset, log_metrics, set_tags, stage_run
+from visionflow.tracking import (StageRun, epoch_metrics_callback, log_artifacts, log_dataset, log_metrics,
+                                 set_tags, stage_run)
 from visionflow.viz import save_curves
 
 
 class EpochHistory(Callback):
-    """After every epoch: one row of train and validation metrics to CSV and MLflow.
+    """After every epoch: one row of train and validation metrics to CSV.
 
-    Rows are kept in the checkpoint, so a resumed run writes the whole history.
+    Rows are kept in the checkpoint, so a resumed run writes the whole history. (The
+    same metrics go to MLflow through ``tracking.epoch_metrics_callback``.)
     """
 
     def __init__(self, csv_path: Path):
@@ -58,8 +60,6 @@ class EpochHistory(Callback):
         self.rows.append(row)
         if trainer.is_global_zero:
             write_csv(self.csv_path, self.rows)
-            # MLflow keeps the "train/" and "val/" prefixes: its charts group metrics by them.
-            log_metrics(metrics, step=row["epoch"])
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}
@@ -263,7 +263,8 @@ def _fit_in_folder(family: TaskFamily, params: Any, trainer_params: TrainerParam
             set_tags({f"runtime.{k}": v for k, v in vars(runtime).items()})
             log_dataset(data_root, paths.dataset_manifest(params.data.source), context="training")
         trainer = build_trainer(trainer_params, params.train.epochs, scratch,
-                                [checkpoint, latest, history, EpochSeeding(params.train.seed), *extra_callbacks],
+                                [checkpoint, latest, history, epoch_metrics_callback(), EpochSeeding(params.train.seed),
+                                 *extra_callbacks],
                                 runtime)
         train_loader = datamodule.train_dataloader()
         if resume_from and isinstance(train_loader.sampler, EpochSampler):
