@@ -10,8 +10,11 @@ import pytest
 import yaml
 
 from conftest import REPO, tiny_params_dict
-from visionflow.config import TASK_FAMILIES, ConfigError, load_params, parse_params
+from visionflow.config import ConfigError, load_params, parse_params
 from visionflow.stages import STAGE_PARAMS, TASK_STAGES, stage_params
+from visionflow.tasks import task_names
+
+TASK_FAMILIES = tuple(task_names())
 
 
 def error_for(**overrides) -> str:

@@ -177,7 +177,7 @@ def test_malformed_annotations_name_the_annotation(tmp_path, bbox, category, mes
 
 
 def test_boxes_leaving_the_image_are_clipped_or_dropped_with_their_masks(tmp_path):
-    from visionflow.config import BoxAugmentParams
+    from visionflow.tasks.boxes.params import BoxAugmentParams
     from visionflow.tasks.boxes.data import CocoDetectionDataset, build_box_transforms, load_split
 
     masks = np.zeros((3, 32, 32), bool)

@@ -7,9 +7,11 @@ import math
 import cv2
 import numpy as np
 import pytest
+import yaml
 
-from visionflow.config import SgbmParams
+from conftest import REPO
 from visionflow.tasks.stereo.evaluate import fill_invalid_disparity, sgbm_disparity
+from visionflow.tasks.stereo.params import SgbmParams
 from visionflow.tasks.stereo.metrics import (DisparityScore, bad_pixel_rate, bad_rate_curve, d1_rate,
                                              end_point_error)
 
@@ -74,7 +76,7 @@ def _textured_pair(disparity: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_sgbm_output_is_scaled_to_pixels_and_matches_opencv():
     left, right = _textured_pair(7)
-    params = SgbmParams()
+    params = SgbmParams(**yaml.safe_load((REPO / "params.yaml").read_text())["stereo"]["evaluate"]["sgbm"])
     disparity = sgbm_disparity(left, right, 30, params)
     valid = np.isfinite(disparity)
     assert valid[:, 40:].mean() > 0.9

@@ -1,18 +1,23 @@
 """Task families: the registry that stages loop over.
 
-Each family module registers one :class:`~visionflow.tasks.base.TaskFamily`
-with :func:`register_task`; stages call :func:`get_task` and never branch on
-a family's name. Family modules keep Lightning and other heavy imports inside
-their methods, so looking a family up stays cheap.
+Each family is a subpackage of this one whose ``__init__`` registers one
+:class:`~visionflow.tasks.base.TaskFamily` with :func:`register_task`; the
+subpackages are found by walking this package, so adding a family touches no list.
+Stages call :func:`get_task` and never branch on a family's name. Family modules keep
+Lightning and other heavy imports inside their methods (their ``params.py`` needs only
+pydantic), so looking a family up stays cheap.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 
 from visionflow.tasks.base import TaskFamily
 
 _REGISTRY: dict[str, TaskFamily] = {}
+_LOADED = False
 
 
 def register_task(cls: type[TaskFamily]) -> type[TaskFamily]:
@@ -24,8 +29,14 @@ def register_task(cls: type[TaskFamily]) -> type[TaskFamily]:
 
 
 def _load_builtin_families() -> None:
-    from visionflow.tasks import segmentation  # noqa: F401  (registers itself)
-    from visionflow.tasks import detection, instance_segmentation, pose, selfsup, stereo  # noqa: F401
+    """Import every subpackage once (a family registers itself; helpers such as ``boxes`` do not)."""
+    global _LOADED
+    if _LOADED:
+        return
+    for info in pkgutil.iter_modules(__path__):
+        if info.ispkg:
+            importlib.import_module(f"{__name__}.{info.name}")
+    _LOADED = True
 
 
 def task_names() -> list[str]:

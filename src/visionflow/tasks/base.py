@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import lightning as L
     import numpy as np
     import torch
+    from pydantic import BaseModel
 
     from visionflow.config import TrainerParams
 
@@ -76,6 +77,8 @@ class TaskFamily(ABC):
     """One task family. Subclasses register with ``@register_task``."""
 
     name: ClassVar[str]
+    # The schema of the family's params.yaml section (``tasks/<family>/params.py``); every key required.
+    params_model: ClassVar[type["BaseModel"]]
     primary_metric: ClassVar[str]  # key of evaluate()'s metrics that decides the champion
     higher_is_better: ClassVar[bool] = True
     monitor: ClassVar[str]  # logged validation metric that picks the best checkpoint

@@ -14,7 +14,8 @@ from visionflow.tasks.base import EvalOutputs, ExportedModel, TaskFamily
 if TYPE_CHECKING:
     import torch
 
-    from visionflow.config import DetectionParams, TrainerParams
+    from visionflow.config import TrainerParams
+    from visionflow.tasks.detection.params import DetectionParams
 
 # Geometry and interpolation may shave label boundaries; anything worse is a misaligned mask.
 MIN_MASK_AGREEMENT = 0.98

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from visionflow.config import BoxAugmentParams
+from visionflow.tasks.boxes.params import BoxAugmentParams
 from visionflow.data.batching import TrainValLoaders, image_to_tensor, reseed_albumentations
 from visionflow.data.coco import CocoDataset, CocoFormatError, annotation_mask, check_same_categories, load_coco
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from visionflow.coco_eval import CocoEvaluation, evaluate_coco
-from visionflow.config import DetectionEvaluateParams
+from visionflow.tasks.boxes.params import DetectionEvaluateParams
 from visionflow.tasks.base import EvalOutputs
 from visionflow.tasks.boxes.data import CocoDetectionDataset, detection_collate, load_split
 from visionflow.tasks.boxes.results import (detections_to_results, read_results, results_without_masks,

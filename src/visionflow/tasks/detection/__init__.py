@@ -10,11 +10,13 @@ from typing import Any
 
 from visionflow.tasks import register_task
 from visionflow.tasks.boxes import BoxFamily
+from visionflow.tasks.detection.params import DetectionParams
 
 
 @register_task
 class Detection(BoxFamily):
     name = "detection"
+    params_model = DetectionParams
     primary_metric = "AP"
     monitor = "val/AP"
     with_masks = False

@@ -10,11 +10,13 @@ from typing import Any
 
 from visionflow.tasks import register_task
 from visionflow.tasks.boxes import BoxFamily
+from visionflow.tasks.instance_segmentation.params import InstanceSegmentationParams
 
 
 @register_task
 class InstanceSegmentation(BoxFamily):
     name = "instance_segmentation"
+    params_model = InstanceSegmentationParams
     primary_metric = "mask_AP"
     monitor = "val/mask_AP"
     with_masks = True

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from visionflow.tasks import register_task
 from visionflow.tasks.base import EvalOutputs, ExportedModel, TaskFamily
+from visionflow.tasks.pose.params import PoseParams
 
 if TYPE_CHECKING:
     import torch
 
-    from visionflow.config import PoseParams, TrainerParams
+    from visionflow.config import TrainerParams
 
 # Interpolation moves a probe blob's peak by a fraction of a pixel; more is a misaligned keypoint.
 MAX_KEYPOINT_DRIFT_PX = 1.0
@@ -27,6 +28,7 @@ def _geometry(model: Any):
 @register_task
 class Pose(TaskFamily):
     name = "pose"
+    params_model = PoseParams
     primary_metric = "AP"  # OKS AP over OKS 0.50:0.95 (COCO keypoints)
     monitor = "val/PCK@0.05"
 

@@ -28,7 +28,8 @@ import torch
 from tqdm import tqdm
 
 from visionflow.coco_eval import evaluate_coco
-from visionflow.config import ConfigError, PoseEvaluateParams
+from visionflow.config import ConfigError
+from visionflow.tasks.pose.params import PoseEvaluateParams
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.coco import dump_json
 from visionflow.tasks.base import EvalOutputs

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from visionflow.tasks import register_task
 from visionflow.tasks.base import EvalOutputs, ExportedModel, TaskFamily
+from visionflow.tasks.segmentation.params import SegmentationParams
 
 if TYPE_CHECKING:
     import torch
 
-    from visionflow.config import SegmentationParams, TrainerParams
+    from visionflow.config import TrainerParams
 
 # Geometry and interpolation may shave label boundaries; anything worse is a misaligned mask.
 MIN_MASK_AGREEMENT = 0.98
@@ -20,6 +21,7 @@ MIN_MASK_AGREEMENT = 0.98
 @register_task
 class Segmentation(TaskFamily):
     name = "segmentation"
+    params_model = SegmentationParams
     primary_metric = "mIoU"
     monitor = "val/mIoU"
 

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from visionflow.tasks import register_task
 from visionflow.tasks.base import EvalOutputs, ExportedModel, TaskFamily
+from visionflow.tasks.selfsup.params import SelfsupParams
 
 if TYPE_CHECKING:
     import torch
 
-    from visionflow.config import SelfsupParams, TrainerParams
+    from visionflow.config import TrainerParams
 
 # Two views that differ by less than this (mean absolute difference, 8-bit levels) are
 # effectively one view: NT-Xent then learns nothing.
@@ -34,6 +35,7 @@ def project_dirs(data_root: Path) -> tuple[Path, Path]:
 @register_task
 class Selfsup(TaskFamily):
     name = "selfsup"
+    params_model = SelfsupParams
     primary_metric = "linear_probe_accuracy"
     monitor = "val/loss"
     monitor_mode = "min"

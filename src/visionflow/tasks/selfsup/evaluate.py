@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from visionflow.config import SelfsupParams
+from visionflow.tasks.selfsup.params import SelfsupParams
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.coco import load_coco, semantic_mask
 from visionflow.data.images import read_rgb

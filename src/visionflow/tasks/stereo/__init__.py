@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from visionflow.tasks import register_task
 from visionflow.tasks.base import EvalOutputs, ExportedModel, TaskFamily
+from visionflow.tasks.stereo.params import StereoParams
 
 if TYPE_CHECKING:
     import torch
 
-    from visionflow.config import StereoParams, TrainerParams
+    from visionflow.config import TrainerParams
 
 # Through the augmentation's geometry, the right image warped by the ground truth must
 # reproduce the left (non-occluded pixels) as well as before it; a broken geometry
@@ -29,6 +30,7 @@ MAX_WARP_ERROR_RATIO = 1.5
 @register_task
 class Stereo(TaskFamily):
     name = "stereo"
+    params_model = StereoParams
     primary_metric = "epe"
     higher_is_better = False
     monitor = "val/epe"

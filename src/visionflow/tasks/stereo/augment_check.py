@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionflow.config import StereoParams
+from visionflow.tasks.stereo.params import StereoParams
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.stereo import StereoPair, find_pairs, read_pair
 from visionflow.tasks.stereo.data import StereoAugmenter

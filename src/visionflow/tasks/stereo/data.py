@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from visionflow.config import ConfigError, StereoAugmentParams, StereoParams, TransformSpec
+from visionflow.config import ConfigError, TransformSpec
+from visionflow.tasks.stereo.params import StereoAugmentParams, StereoParams
 from visionflow.data.batching import TrainValLoaders, image_to_tensor
 from visionflow.data.disparity import check_disparity_header
 from visionflow.data.stereo import StereoRecord, find_pairs, list_splits, read_pair

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from visionflow.config import SgbmParams, StereoParams
+from visionflow.tasks.stereo.params import SgbmParams, StereoParams
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.stereo import StereoPair, StereoRecord, find_pairs, read_pair
 from visionflow.tasks.base import EvalOutputs
