@@ -9,12 +9,30 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 RAW_DIR = Path("data/raw")
 RAW_MANIFEST = RAW_DIR / "manifest.json"
 MLFLOW_DB = Path("mlflow.db")
 MLFLOW_ARTIFACTS = Path("mlartifacts")
 SCRATCH_DIR = Path(".cache")
+
+
+class _ProjectPath:
+    """A :class:`TaskPaths` attribute: ``template``, a path relative to the project root in which
+    ``{task}`` stands for the family's name, resolved under the instance's ``root``."""
+
+    def __init__(self, template: str, doc: str = ""):
+        self.template = template
+        self.__doc__ = doc or f"``<root>/{template}``"
+
+    @overload
+    def __get__(self, paths: None, owner: type) -> _ProjectPath: ...
+    @overload
+    def __get__(self, paths: TaskPaths, owner: type) -> Path: ...
+
+    def __get__(self, paths: TaskPaths | None, owner: type) -> Path | _ProjectPath:
+        return self if paths is None else paths.root / self.template.format(task=paths.task)
 
 
 @dataclass(frozen=True)
@@ -24,19 +42,32 @@ class TaskPaths:
     task: str
     root: Path = Path(".")
 
-    def _at(self, relative: str) -> Path:
-        return self.root / relative
-
-    @property
-    def synthetic(self) -> Path:
-        return self._at(f"data/synthetic/{self.task}")
-
-    @property
-    def synthetic_manifest(self) -> Path:
+    synthetic = _ProjectPath("data/synthetic/{task}")
+    synthetic_manifest = _ProjectPath(
+        "data/synthetic/{task}.json",
         """File count and content digest of :attr:`synthetic`, written by synthesize. The stages
         after it depend on this small file instead of the folder, so that DVC walks the folder's
-        thousands of files once per ``dvc repro`` (as synthesize's output), not once per stage."""
-        return self._at(f"data/synthetic/{self.task}.json")
+        thousands of files once per ``dvc repro`` (as synthesize's output), not once per stage.""")
+    augment_preview = _ProjectPath("reports/{task}/augment.png")
+    augment_check = _ProjectPath("reports/{task}/augment.json")
+    models = _ProjectPath("models/{task}")
+    best_checkpoint = _ProjectPath("models/{task}/best.ckpt")
+    last_checkpoint = _ProjectPath("models/{task}/last.ckpt")
+    train_summary = _ProjectPath("models/{task}/train.json")
+    registered = _ProjectPath("models/{task}/registered.json")
+    train_curves_csv = _ProjectPath("plots/{task}/train.csv")
+    train_curves_png = _ProjectPath("reports/{task}/curves.png")
+    metrics = _ProjectPath("metrics/{task}.json")
+    eval_plots = _ProjectPath("plots/{task}/eval")
+    eval_reports = _ProjectPath("reports/{task}/eval")
+    pretrained_dir = _ProjectPath(
+        "pretrained/{task}",
+        """What this family's training starts from: a folder in git (so DVC can always depend on
+        it) that the ``pretrained@<task>`` stage fills when params.yaml's ``pretrained`` names one.""")
+    pretrained_backbone = _ProjectPath("pretrained/{task}/backbone.pt")
+    train_scratch = _ProjectPath(
+        f"{SCRATCH_DIR.as_posix()}/train/{{task}}",
+        "Resumable checkpoints of unfinished runs, keyed by a hash of what they depend on.")
 
     def data_root(self, source: str) -> Path:
         """The COCO-layout dataset a family reads: its synthetic set or an acquired one."""
@@ -45,69 +76,6 @@ class TaskPaths:
     def dataset_manifest(self, source: str) -> Path:
         """The small file DVC tracks for :meth:`data_root`'s content: its digest names the data."""
         return self.synthetic_manifest if source == "synthetic" else self.root / RAW_MANIFEST
-
-    @property
-    def augment_preview(self) -> Path:
-        return self._at(f"reports/{self.task}/augment.png")
-
-    @property
-    def augment_check(self) -> Path:
-        return self._at(f"reports/{self.task}/augment.json")
-
-    @property
-    def models(self) -> Path:
-        return self._at(f"models/{self.task}")
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.models / "best.ckpt"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.models / "last.ckpt"
-
-    @property
-    def train_summary(self) -> Path:
-        return self.models / "train.json"
-
-    @property
-    def train_curves_csv(self) -> Path:
-        return self._at(f"plots/{self.task}/train.csv")
-
-    @property
-    def train_curves_png(self) -> Path:
-        return self._at(f"reports/{self.task}/curves.png")
-
-    @property
-    def metrics(self) -> Path:
-        return self._at(f"metrics/{self.task}.json")
-
-    @property
-    def eval_plots(self) -> Path:
-        return self._at(f"plots/{self.task}/eval")
-
-    @property
-    def eval_reports(self) -> Path:
-        return self._at(f"reports/{self.task}/eval")
-
-    @property
-    def registered(self) -> Path:
-        return self.models / "registered.json"
-
-    @property
-    def pretrained_dir(self) -> Path:
-        """What this family's training starts from: a folder in git (so DVC can always depend on
-        it) that the ``pretrained@<task>`` stage fills when params.yaml's ``pretrained`` names one."""
-        return self._at(f"pretrained/{self.task}")
-
-    @property
-    def pretrained_backbone(self) -> Path:
-        return self.pretrained_dir / "backbone.pt"
-
-    @property
-    def train_scratch(self) -> Path:
-        """Resumable checkpoints of unfinished runs, keyed by a hash of what they depend on."""
-        return self.root / SCRATCH_DIR / "train" / self.task
 
 
 def read_stage_json(path: Path, produced_by: str) -> dict:
