@@ -20,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from visionflow.data.images import decode_file
+
 INVALID_DISPARITY = np.float32(np.inf)
 KITTI_SCALE = 256.0
 
@@ -75,12 +77,7 @@ def write_pfm(path: str | Path, values: np.ndarray) -> None:
 def read_kitti_png(path: str | Path) -> np.ndarray:
     """float32 ``(H, W)`` disparity from a KITTI 16-bit PNG; 0 becomes ``inf`` (invalid)."""
     path = Path(path)
-    if not path.is_file():
-        raise DisparityFormatError(f"{path}: disparity file not found")
-    raw = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
-    if image is None:
-        raise DisparityFormatError(f"{path}: cannot decode PNG")
+    image = decode_file(path, cv2.IMREAD_UNCHANGED, DisparityFormatError, "disparity", "cannot decode PNG")
     if image.dtype != np.uint16 or image.ndim != 2:
         raise DisparityFormatError(f"{path}: KITTI disparity must be a 1-channel 16-bit PNG, got "
                                    f"{image.dtype} with shape {image.shape}")

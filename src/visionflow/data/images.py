@@ -14,16 +14,25 @@ class ImageReadError(ValueError):
     """An image file that is missing, unreadable, or not what its annotation says."""
 
 
+def decode_file(path: Path, flags: int, error: type[Exception] = ImageReadError, kind: str = "image",
+                undecodable: str = "cannot decode image (corrupt or not an image)") -> np.ndarray:
+    """The image file ``path`` as OpenCV's ``imdecode`` reads it with ``flags``.
+
+    A missing file, an empty one or one that does not decode raises ``error`` naming
+    the file: ``<path>: <kind> file not found``, ``<path>: <undecodable>``.
+    """
+    if not path.is_file():
+        raise error(f"{path}: {kind} file not found")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, flags) if data.size else None
+    if image is None:
+        raise error(f"{path}: {undecodable}")
+    return image
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """uint8 (H, W, 3) RGB; grey and RGBA files are converted."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: image file not found")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB) if data.size else None
-    if image is None:
-        raise ImageReadError(f"{path}: cannot decode image (corrupt or not an image)")
-    return image
+    return decode_file(Path(path), cv2.IMREAD_COLOR_RGB)
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
