@@ -20,11 +20,15 @@ SCRATCH_DIR = Path(".cache")
 
 class _ProjectPath:
     """A :class:`TaskPaths` attribute: ``template``, a path relative to the project root in which
-    ``{task}`` stands for the family's name, resolved under the instance's ``root``."""
+    ``{task}`` stands for the family's name, resolved under the instance's ``root``.
+    ``folder / "name"`` is the template of a file in the folder."""
 
     def __init__(self, template: str, doc: str = ""):
         self.template = template
         self.__doc__ = doc or f"``<root>/{template}``"
+
+    def __truediv__(self, name: str) -> _ProjectPath:
+        return _ProjectPath(f"{self.template}/{name}")
 
     @overload
     def __get__(self, paths: None, owner: type) -> _ProjectPath: ...
@@ -42,29 +46,32 @@ class TaskPaths:
     task: str
     root: Path = Path(".")
 
+    # Each folder once, then the files the stages write in it.
     synthetic = _ProjectPath("data/synthetic/{task}")
     synthetic_manifest = _ProjectPath(
         "data/synthetic/{task}.json",
         """File count and content digest of :attr:`synthetic`, written by synthesize. The stages
         after it depend on this small file instead of the folder, so that DVC walks the folder's
         thousands of files once per ``dvc repro`` (as synthesize's output), not once per stage.""")
-    augment_preview = _ProjectPath("reports/{task}/augment.png")
-    augment_check = _ProjectPath("reports/{task}/augment.json")
-    models = _ProjectPath("models/{task}")
-    best_checkpoint = _ProjectPath("models/{task}/best.ckpt")
-    last_checkpoint = _ProjectPath("models/{task}/last.ckpt")
-    train_summary = _ProjectPath("models/{task}/train.json")
-    registered = _ProjectPath("models/{task}/registered.json")
-    train_curves_csv = _ProjectPath("plots/{task}/train.csv")
-    train_curves_png = _ProjectPath("reports/{task}/curves.png")
     metrics = _ProjectPath("metrics/{task}.json")
-    eval_plots = _ProjectPath("plots/{task}/eval")
-    eval_reports = _ProjectPath("reports/{task}/eval")
+    models = _ProjectPath("models/{task}")
+    best_checkpoint = models / "best.ckpt"
+    last_checkpoint = models / "last.ckpt"
+    train_summary = models / "train.json"
+    registered = models / "registered.json"
+    plots = _ProjectPath("plots/{task}")
+    train_curves_csv = plots / "train.csv"
+    eval_plots = plots / "eval"
+    reports = _ProjectPath("reports/{task}")
+    augment_preview = reports / "augment.png"
+    augment_check = reports / "augment.json"
+    train_curves_png = reports / "curves.png"
+    eval_reports = reports / "eval"
     pretrained_dir = _ProjectPath(
         "pretrained/{task}",
         """What this family's training starts from: a folder in git (so DVC can always depend on
         it) that the ``pretrained@<task>`` stage fills when params.yaml's ``pretrained`` names one.""")
-    pretrained_backbone = _ProjectPath("pretrained/{task}/backbone.pt")
+    pretrained_backbone = pretrained_dir / "backbone.pt"
     train_scratch = _ProjectPath(
         f"{SCRATCH_DIR.as_posix()}/train/{{task}}",
         "Resumable checkpoints of unfinished runs, keyed by a hash of what they depend on.")
