@@ -22,7 +22,7 @@ export PREFECT_SERVER_UI_STATIC_DIRECTORY := $(CURDIR)/.cache/prefect/ui
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.cache/dvc-site
 export NO_PROXY := 127.0.0.1,localhost
 
-.PHONY: install constraints repro repro-gpu flow test test-slow ui prefect-ui mlflow-ui mlflow-server bench throughput clean
+.PHONY: install constraints dag repro repro-gpu flow test test-slow ui prefect-ui mlflow-ui mlflow-server bench throughput clean
 
 install: $(VENV)/.installed
 
@@ -39,13 +39,19 @@ constraints:
 	mv constraints.txt.tmp constraints.txt
 	touch $(VENV)/.installed
 
+## dag: write dvc.yaml for params.yaml (generated: the stages, their params, deps and outs)
+dag: install
+	$(BIN)/visionflow dag
+
 ## repro: run the whole pipeline with DVC (only what changed), then show the metrics
-repro: install
+repro: dag
 	$(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
 ## repro-gpu: the pipeline with the GPU profile (params.gpu.yaml) as a DVC experiment
-repro-gpu: install
+## (dvc.yaml is generated before the profile applies: the profile must not change `tasks`, `pretrained`
+## or a key a family's cross-family inputs depend on; `visionflow dag --check` after it would say so)
+repro-gpu: dag
 	$(BIN)/dvc exp run $$($(BIN)/visionflow profile params.gpu.yaml)
 	$(BIN)/dvc metrics show
 
@@ -60,7 +66,7 @@ pull: install
 .PHONY: push pull
 
 ## flow: run the same stages as a Prefect flow (visible in the Prefect UI)
-flow: install
+flow: dag
 	$(BIN)/python pipelines/flow.py
 
 ## deploy: the flow as deployment visionflow/visionflow on process work pool visionflow (needs `make ui`)

@@ -3,7 +3,7 @@
     python bench/pipeline.py [--tasks segmentation ...] [--workdir DIR] [--set key=value ...]
                              [--profile params.gpu.yaml] [--jobs N] [--json OUT]
 
-Works in a fresh copy of the project's params.yaml and dvc.yaml (in a temp
+Works in a fresh copy of the project's params.yaml (in a temp
 folder unless --workdir is given) with its own MLflow store, so the project's
 own results are untouched. Each stage is the real CLI call ``dvc repro`` would
 make, timed as a separate process. ``--jobs N`` runs N families side by side
@@ -62,8 +62,8 @@ def run_family(cli: list[str], task: str, workdir: Path, env: dict | None) -> li
     rows = []
     for stage in TASK_STAGES:
         wall, peak, code = run_stage([*cli, stage, "--task", task], workdir, env)
-        rows.append((f"{stage}@{task}", wall, peak, code))
-        print(f"{stage + '@' + task:<28}{wall:>9.1f}{peak:>10.0f}", flush=True)
+        rows.append((f"{stage}-{task}", wall, peak, code))
+        print(f"{stage + '-' + task:<28}{wall:>9.1f}{peak:>10.0f}", flush=True)
         if code != 0:
             break
     return rows

@@ -88,6 +88,15 @@ def tiny_params_dict(**extra: dict) -> dict:
     return merge(merge(params, TINY_OVERRIDES), extra)
 
 
+def write_project_params(project: Path, params: dict) -> None:
+    """``params`` as the project's params.yaml, and the dvc.yaml `visionflow dag` makes of it."""
+    from visionflow import dag
+    from visionflow.config import parse_params
+
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dag.write(project, parse_params(params))
+
+
 @pytest.fixture
 def tiny_params():
     from visionflow.config import parse_params
@@ -114,16 +123,14 @@ def project_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
 
 @pytest.fixture
 def tiny_project(tmp_path: Path, project_env: dict[str, str]) -> Path:
-    """A copy of the project's pipeline (dvc.yaml, tiny params.yaml) in a git + DVC repo."""
+    """A copy of the project's pipeline (tiny params.yaml, its generated dvc.yaml) in a git + DVC repo."""
     project = tmp_path / "project"
     project.mkdir()
-    shutil.copy(REPO / "dvc.yaml", project / "dvc.yaml")
     # The CLI-level pipeline tests run one family; each family's stages are tested in-process too.
-    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(tasks=["segmentation"]),
-                                                        sort_keys=False))
+    write_project_params(project, tiny_params_dict(tasks=["segmentation"]))
     # dvc.yaml names code deps under src/: point them at the real package.
     (project / "src").symlink_to(REPO / "src")
-    shutil.copytree(REPO / "pretrained", project / "pretrained")  # train@<task> depends on its folder
+    shutil.copytree(REPO / "pretrained", project / "pretrained")  # train-<task> depends on its folder
 
     def run(*command: str) -> None:
         subprocess.run(command, cwd=project, env=project_env, check=True, capture_output=True)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import ast
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO, tiny_params_dict
 from visionflow.config import ConfigError, load_params, parse_params
-from visionflow.stages import STAGE_PARAMS, TASK_STAGES, stage_params
+from visionflow.stages import TASK_STAGES, stage_params
 from visionflow.tasks import task_names
 
 TASK_FAMILIES = tuple(task_names())
@@ -94,142 +92,43 @@ def _lookup(tree: dict, dotted: str) -> object:
     return node
 
 
+def _dvc_stages() -> dict[str, dict]:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
 def test_dvc_yaml_declares_exactly_the_params_each_stage_reads():
-    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    """dvc.yaml is generated (tests/test_dag.py checks it is current); its params keys are
+    visionflow.stages.STAGE_PARAMS's, and each names a key of params.yaml."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert set(dvc) == {"acquire", "pretrained", *TASK_STAGES}
-    for stage, definition in dvc.items():
-        body = definition.get("do", definition)
-        declared = [key.replace("${item}", "{task}") for key in body["params"]]
-        assert tuple(declared) == STAGE_PARAMS[stage], stage
-        for task in params["tasks"] if "foreach" in definition else [None]:
-            for key in stage_params(stage, task):
-                _lookup(params, key)
+    expected = {"acquire"} | {f"{stage}-{task}" for task in params["tasks"] for stage in TASK_STAGES} \
+        | {f"pretrained-{task}" for task in params["pretrained"]}
+    stages = _dvc_stages()
+    assert set(stages) == expected
+    for name, body in stages.items():
+        stage, _, task = name.partition("-")
+        assert body["params"] == stage_params(stage, task or None), name
+        for key in body["params"]:
+            _lookup(params, key)
 
 
 def test_dvc_yaml_paths_match_the_code():
     from visionflow.paths import RAW_DIR, TaskPaths
 
     dvc_text = (REPO / "dvc.yaml").read_text()
-    paths = TaskPaths("${item}")
-    for path in (paths.synthetic, paths.synthetic_manifest, paths.augment_preview, paths.augment_check,
-                 paths.best_checkpoint,
-                 paths.last_checkpoint, paths.train_summary, paths.train_curves_csv,
-                 paths.train_curves_png, paths.metrics, paths.eval_plots, paths.eval_reports,
-                 paths.registered, paths.pretrained_dir, RAW_DIR):
-        assert re.search(rf"- {re.escape(path.as_posix())}(:|$)", dvc_text, re.MULTILINE), path
+    for task in yaml.safe_load((REPO / "params.yaml").read_text())["tasks"]:
+        paths = TaskPaths(task)
+        for path in (paths.synthetic, paths.synthetic_manifest, paths.augment_preview, paths.augment_check,
+                     paths.best_checkpoint, paths.last_checkpoint, paths.train_summary, paths.train_curves_csv,
+                     paths.train_curves_png, paths.metrics, paths.eval_plots, paths.eval_reports,
+                     paths.registered, paths.pretrained_dir, RAW_DIR):
+            assert re.search(rf"- {re.escape(path.as_posix())}(:|$)", dvc_text, re.MULTILINE), path
 
 
-# Imported by every stage but not shaping any output: a change to them reruns nothing.
-GLUE_MODULES = {"__init__.py", "env.py", "config.py", "paths.py", "tracking.py", "cli.py",
-                "tasks/__init__.py"}
-PACKAGE_ROOT = REPO / "src" / "visionflow"
-
-
-def _visionflow_imports(source: Path | ast.AST, skip_functions: tuple[str, ...] = ()) -> set[Path]:
-    """Files of ``visionflow`` that a file (or one function's AST) imports, including imports
-    inside functions, except inside functions named in ``skip_functions``."""
-    tree = ast.parse(source.read_text()) if isinstance(source, Path) else source
-    skipped = {id(inner) for node in ast.walk(tree)
-               if isinstance(node, ast.FunctionDef) and node.name in skip_functions
-               for inner in ast.walk(node)}
-    found = set()
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
-        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        for name in names:
-            if not name.startswith("visionflow"):
-                continue
-            base = PACKAGE_ROOT.parent / name.replace(".", "/")
-            for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-                if candidate.is_file():
-                    found.add(candidate)
-    return found
-
-
-def _reach(start: set[Path], skip_functions: tuple[str, ...] = ()) -> set[Path]:
-    """``start`` and every visionflow file they import, transitively (glue modules not followed)."""
-    reached, todo = set(), list(start)
-    while todo:
-        path = todo.pop()
-        if path not in reached:
-            reached.add(path)
-            if path.relative_to(PACKAGE_ROOT).as_posix() not in GLUE_MODULES:
-                todo += _visionflow_imports(path, skip_functions)
-    return reached
-
-
-def _code_deps(stage: str, task: str) -> list[Path]:
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    deps = stages[stage]["do"]["deps"] if "do" in stages[stage] else stages[stage]["deps"]
-    return [REPO / dep.replace("${item}", task) for dep in deps if dep.startswith("src/")]
-
-
-def _uncovered(reached: set[Path], deps: list[Path]) -> list[str]:
-    return [path.relative_to(PACKAGE_ROOT).as_posix() for path in sorted(reached)
-            if path.relative_to(PACKAGE_ROOT).as_posix() not in GLUE_MODULES
-            and not any(path == dep or dep in path.parents for dep in deps)]
-
-
-def _train_reach(task: str) -> set[Path]:
-    # A family's synthesize() runs in the synthesize stage; training sees the generator's
-    # work only through the dataset's manifest, a data dep.
-    return _reach({*(PACKAGE_ROOT / "tasks" / task).glob("*.py"), PACKAGE_ROOT / "training.py"},
-                  skip_functions=("synthesize",))
-
-
-@pytest.mark.parametrize("task", TASK_FAMILIES)
-def test_train_code_deps_cover_everything_the_family_imports(task):
-    """Editing any module a family's code reaches must rerun its training."""
-    assert _uncovered(_train_reach(task), _code_deps("train", task)) == []
-
-
-@pytest.mark.parametrize("task", TASK_FAMILIES)
-def test_synthesize_code_deps_cover_the_generator(task):
-    """Editing the family's generator, or the code it writes files with, reruns synthesize."""
-    import inspect
-
-    from visionflow.tasks import get_task
-
-    synthesize = type(get_task(task)).synthesize
-    defined_in = Path(inspect.getfile(synthesize)).resolve()  # its other methods are not followed
-    generator = _reach(_visionflow_imports(ast.parse(inspect.cleandoc("\n" + inspect.getsource(synthesize)))))
-    assert _uncovered({defined_in, *generator}, _code_deps("synthesize", task)) == []
-
-
-@pytest.mark.parametrize("stage", ["acquire", "pretrained", *TASK_STAGES])
-def test_stage_code_deps_cover_the_stage_module(stage):
-    """``stages/<stage>.py`` writes what the stage leaves behind (the synthetic manifest, the
-    metrics file, the registration record), so editing it, or what it imports, reruns the stage."""
-    module = PACKAGE_ROOT / "stages" / f"{stage}.py"
-    for task in TASK_FAMILIES if stage in TASK_STAGES else [""]:
-        deps = _code_deps(stage, task)
-        assert module in deps, (stage, task)
-        assert _uncovered(_reach({module}), deps) == [], (stage, task)
-
-
-def test_acquire_code_deps_cover_what_it_imports():
-    assert _uncovered(_reach({PACKAGE_ROOT / "data" / "acquire.py"}), _code_deps("acquire", "")) == []
-
-
-def test_shared_code_deps_hold_no_single_family_module():
-    """A module only one family uses lives in that family's package, so editing it reruns only
-    that family's stages; what every family depends on is used by two families at least, or
-    by a family and the acquire stage (the Middlebury/KITTI readers in data/)."""
-    users: dict[Path, set[str]] = {}
-    for task in TASK_FAMILIES:
-        for path in _train_reach(task):
-            users.setdefault(path, set()).add(task)
-    for path in _reach({PACKAGE_ROOT / "data" / "acquire.py"}):
-        users.setdefault(path, set()).add("acquire")
-    shared_deps = [dep for stage in ("augment", "train", "evaluate", "register")
-                   for dep in _code_deps(stage, "${item}") if "${item}" not in dep.as_posix()]
-    single = {path.relative_to(PACKAGE_ROOT).as_posix(): sorted(names) for path, names in users.items()
-              if len(names) == 1 and any(path == dep or dep in path.parents for dep in shared_deps)}
-    assert single == {}
+def test_dvc_yaml_code_deps_are_files_of_the_package():
+    for name, body in _dvc_stages().items():
+        code = [dep for dep in body["deps"] if dep.startswith("src/")]
+        assert code and f"src/visionflow/stages/{name.partition('-')[0]}.py" in code, name
+        assert all((REPO / dep).is_file() for dep in code), name
 
 
 def test_the_gpu_profile_names_only_existing_keys_and_validates():

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, REPO
+from conftest import BIN, REPO, write_project_params
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def two_family_project(tiny_project: Path, project_env: dict) -> Path:
     params = yaml.safe_load((tiny_project / "params.yaml").read_text())
     params["tasks"] = FAMILIES
     params["segmentation"]["train"]["epochs"] = 3  # training a little longer than the 0.2 s system-metrics interval
-    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_project_params(tiny_project, params)
     for command in (["git", "add", "-A"], ["git", "commit", "-qm", "tiny project"]):
         subprocess.run(command, cwd=tiny_project, env=project_env, check=True, capture_output=True)
     return tiny_project
@@ -127,11 +127,11 @@ def test_dashboards_tell_what_ran_and_what_models_are_worth(two_family_project: 
         return {run["name"]: run for run in runs}
 
     first_runs, second_runs = task_runs(flow_runs[0]), task_runs(flow_runs[1])
-    stages = {"acquire"} | {f"{stage}@{family}" for family in FAMILIES
+    stages = {"acquire"} | {f"{stage}-{family}" for family in FAMILIES
                             for stage in ("synthesize", "augment", "train", "evaluate", "register")}
     assert set(first_runs) == set(second_runs) == stages
-    assert first_runs["train@segmentation"]["state"]["name"] == "Completed"
-    assert seconds(first_runs["train@segmentation"]) > 1.0
+    assert first_runs["train-segmentation"]["state"]["name"] == "Completed"
+    assert seconds(first_runs["train-segmentation"]) > 1.0
     ran_again = sorted(name for name, run in second_runs.items() if run["state"]["name"] != "Skipped")
     assert not ran_again, second
     assert all("up-to-date" in run["tags"] for run in second_runs.values())

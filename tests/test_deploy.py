@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, REPO
+from conftest import BIN, REPO, write_project_params
 from test_dashboards import free_port, post_json, wait_for
 
 sys.path.insert(0, str(REPO / "pipelines"))
@@ -34,7 +34,7 @@ def test_the_deployment_runs_this_projects_flow_with_its_families(tiny_project: 
 def test_a_worker_runs_a_deployment_of_two_families(tiny_project: Path, project_env: dict):
     params = yaml.safe_load((tiny_project / "params.yaml").read_text())
     params["tasks"] = ["segmentation", "stereo"]
-    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write_project_params(tiny_project, params)
     (tiny_project / "pipelines").symlink_to(REPO / "pipelines")
     for command in (["git", "add", "-A"], ["git", "commit", "-qm", "tiny project"]):
         subprocess.run(command, cwd=tiny_project, env=project_env, check=True, capture_output=True)
@@ -65,7 +65,7 @@ def test_a_worker_runs_a_deployment_of_two_families(tiny_project: Path, project_
         task_runs = post_json(f"{prefect}/api/task_runs/filter",
                               {"flow_runs": {"id": {"any_": [flow_runs[0]["id"]]}}})
         states = {r["name"]: r["state"]["name"] for r in task_runs}
-        assert states["train@segmentation"] == states["train@stereo"] == "Completed"
+        assert states["train-segmentation"] == states["train-stereo"] == "Completed"
         gpu_stages = sorted((r["start_time"], r["end_time"]) for r in task_runs if "gpu" in r["tags"])
         assert len(gpu_stages) == 4  # train and evaluate of both families, one at a time:
         assert all(end <= next_start for (_, end), (next_start, _) in zip(gpu_stages, gpu_stages[1:]))

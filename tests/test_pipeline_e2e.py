@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import BIN
+from visionflow.dag import stage_name
 from visionflow.data.disparity import read_pfm
 from visionflow.stages import TASK_STAGES
 
@@ -43,7 +44,7 @@ def predict_from_registry_and_checkpoint(project: Path, env: dict, task: str) ->
 def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path, project_env: dict):
     out = dvc(tiny_project, project_env, "repro")
     tasks = yaml.safe_load((tiny_project / "params.yaml").read_text())["tasks"]
-    assert stages_run(out) == {"acquire"} | {f"{stage}@{task}" for task in tasks for stage in TASK_STAGES}
+    assert stages_run(out) == {"acquire"} | {stage_name(stage, task) for task in tasks for stage in TASK_STAGES}
 
     metrics = json.loads((tiny_project / "metrics/segmentation.json").read_text())
     assert 0.0 <= metrics["mIoU"] <= 1.0 and set(metrics["iou"]) == {
@@ -109,4 +110,4 @@ def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path
     params["segmentation"]["train"]["lr"] = 0.003
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc(tiny_project, project_env, "repro")
-    assert stages_run(out) == {"train@segmentation", "evaluate@segmentation", "register@segmentation"}
+    assert stages_run(out) == {"train-segmentation", "evaluate-segmentation", "register-segmentation"}

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, REPO, tiny_params_dict
+from conftest import BIN, REPO, tiny_params_dict, write_project_params
 from visionflow.config import ConfigError, TransformSpec, parse_params
 from visionflow.losses import nt_xent_loss
 from visionflow.models.backbones import (BackboneMismatchError, backbone_from_file, load_backbone,
@@ -231,26 +231,23 @@ def _dvc_graph(project: Path, env: dict) -> dict[str, set[str]]:
 
 
 def test_pretraining_is_upstream_of_segmentation_only_when_params_say_so(tiny_project, project_env):
-    params_file = tiny_project / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
     params["tasks"] = ["segmentation", "selfsup"]  # the fixture enables segmentation only
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    write_project_params(tiny_project, params)
     graph = _dvc_graph(tiny_project, project_env)
-    assert "pretrained@segmentation" not in graph
-    assert "train@selfsup" not in graph["train@segmentation"]
+    assert "pretrained-segmentation" not in graph
+    assert "train-selfsup" not in graph["train-segmentation"]
 
-    params_file = tiny_project / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
     params["pretrained"] = {"segmentation": "models/selfsup/best.ckpt"}
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    write_project_params(tiny_project, params)
     graph = _dvc_graph(tiny_project, project_env)
-    assert graph["pretrained@segmentation"] == {"train@selfsup"}
-    assert "pretrained@segmentation" in graph["train@segmentation"]
-    assert "pretrained@segmentation" not in graph["train@selfsup"]
+    assert graph["pretrained-segmentation"] == {"train-selfsup"}
+    assert "pretrained-segmentation" in graph["train-segmentation"]
+    assert "pretrained-segmentation" not in graph["train-selfsup"]
 
 
 def test_every_family_has_its_pretrained_folder():
-    """train@<family> depends on pretrained/<family>/: a family without the folder breaks `dvc repro`."""
+    """train-<family> depends on pretrained/<family>/: a family without the folder breaks `dvc repro`."""
     from visionflow.tasks import task_names
 
     missing = [f for f in task_names() if not (REPO / "pretrained" / f / ".gitignore").is_file()]

@@ -3,7 +3,7 @@
     visionflow dag            # write dvc.yaml for params.yaml (atomically)
     visionflow dag --check    # exit non-zero, naming what differs, when dvc.yaml is stale
 
-Each family gets explicit stages named ``<stage>-<family>`` (``train-pose``); DVC's
+Each family gets explicit stages named ``<stage>-<family>``; DVC's
 ``foreach`` would give every family one deps template, so every family would depend
 on every other family's code, and a family could not declare an input only it reads.
 Per stage:
@@ -68,7 +68,7 @@ HEADER = f"""\
 
 
 def stage_name(stage: str, family: str | None = None) -> str:
-    """The DVC stage of ``stage`` for ``family``: ``train-pose``; ``acquire`` has no family."""
+    """The DVC stage of ``stage`` for ``family``: ``train-<family>``; ``acquire`` has no family."""
     return stage if family is None else f"{stage}-{family}"
 
 
