@@ -63,9 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     dag = sub.add_parser("dag", help="write dvc.yaml for the params file (stages, params, deps, outs)")
     dag.add_argument("--check", action="store_true", help="write nothing; fail, naming what differs, if dvc.yaml "
                      "is not what `visionflow dag` would write")
-    dag = sub.add_parser("dag", help="write dvc.yaml for the params file (stages, params, deps, outs)")
-    dag.add_argument("--check", action="store_true", help="write nothing; fail, naming what differs, if dvc.yaml "
-                     "is not what `visionflow dag` would write")
     profile = sub.add_parser("profile", help="print a profile's keys (e.g. params.gpu.yaml) as `dvc exp run` "
                              "flags: dvc exp run $(visionflow profile params.gpu.yaml)")
     profile.add_argument("profile", type=Path, help="a YAML file of params keys to override")
@@ -137,17 +134,6 @@ def run_predict(params, root: Path, args: argparse.Namespace) -> dict:
 
 def run_dag(params, root: Path, check: bool) -> dict:
     from visionflow import dag
-
-    if check:
-        difference = dag.difference(root, params)
-        if difference is not None:
-            raise ConfigError(difference)
-        return {"dvc.yaml": "up to date"}
-    return {"dvc.yaml": str(root / dag.DVC_YAML), "written": dag.write(root, params)}
-
-
-def run_dag(params, root: Path, check: bool) -> dict:
-    from visionflow import dag
     from visionflow.config import ConfigError
 
     if check:
@@ -205,8 +191,6 @@ def dispatch(args: argparse.Namespace) -> dict:
         return {"tasks": params.tasks}
     if args.command == "profile":
         return run_profile(params_path, args.profile)
-    if args.command == "dag":
-        return run_dag(params, root, args.check)
     if args.command == "dag":
         return run_dag(params, root, args.check)
     stage = importlib.import_module(f"visionflow.stages.{args.command}")
