@@ -11,7 +11,7 @@ For each family, samples/s (images; crops for pose, pairs for stereo) of
 plus the share of end-to-end time the step loop waited for data, and e2e / min(loader, step)
 (1.0: loading is hidden behind the step; below 0.9 the loader is in the way). On CUDA also the
 mean GPU utilisation over the end-to-end window (nvidia-smi, every 0.1 s). Synthetic data must
-exist (`dvc repro synthesize@<task>`); the project's params.yaml is used unless --params names
+exist (`dvc repro synthesize-<task>`); the project's params.yaml is used unless --params names
 another project's (its folder is that project's root).
 """
 

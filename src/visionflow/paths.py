@@ -1,7 +1,7 @@
 """Where every stage reads and writes, relative to the project root.
 
-The one place paths are spelled in code; ``dvc.yaml`` spells them again for DVC,
-and ``tests/test_config.py`` checks that both agree.
+The one place paths are spelled: ``visionflow dag`` (:mod:`visionflow.dag`) writes
+them into ``dvc.yaml`` as the stages' outs and deps.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class TaskPaths:
     pretrained_dir = _ProjectPath(
         "pretrained/{task}",
         """What this family's training starts from: a folder in git (so DVC can always depend on
-        it) that the ``pretrained@<task>`` stage fills when params.yaml's ``pretrained`` names one.""")
+        it) that the ``pretrained-<task>`` stage fills when params.yaml's ``pretrained`` names one.""")
     pretrained_backbone = pretrained_dir / "backbone.pt"
     train_scratch = _ProjectPath(
         f"{SCRATCH_DIR.as_posix()}/train/{{task}}",

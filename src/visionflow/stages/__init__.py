@@ -1,8 +1,8 @@
 """Pipeline stages: each is ``visionflow <stage> [--task T]`` and one function here.
 
-``STAGE_PARAMS`` lists the params keys each stage reads; ``dvc.yaml`` declares
-exactly these (``tests/test_config.py`` keeps the two in step), so a changed
-key reruns only the stages that read it.
+``STAGE_PARAMS`` lists the params keys each stage reads; ``visionflow dag``
+declares exactly these in ``dvc.yaml``, so a changed key reruns only the stages
+that read it.
 """
 
 from __future__ import annotations

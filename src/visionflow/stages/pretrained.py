@@ -2,11 +2,11 @@
 
 ``params.yaml``'s ``pretrained: {<task>: <file>}`` names a backbone file or a
 checkpoint holding a U-Net encoder (e.g. ``models/selfsup/best.ckpt``, the out
-of ``train@selfsup``). This stage reads it, extracts the encoder's weights and
+of ``train-selfsup``). This stage reads it, extracts the encoder's weights and
 writes them as a backbone file into ``pretrained/<task>/``, the folder that
-``train@<task>`` always depends on. So in ``dvc.yaml`` the producer of the file
-is upstream of the family's training exactly when params.yaml says so: DVC's
-``foreach`` over the ``pretrained`` mapping creates this stage only for the
+``train-<task>`` always depends on. So in ``dvc.yaml`` the producer of the file
+is upstream of the family's training exactly when params.yaml says so:
+``visionflow dag`` writes this stage (``pretrained-<task>``) only for the
 families listed there.
 """
 

@@ -16,7 +16,7 @@ def run(params: Params, task: str, root: Path, callbacks: Sequence[Any] = ()) ->
 
     paths = TaskPaths(task, root)
     backbone = None
-    if task in params.pretrained:  # written by the pretrained@<task> stage
+    if task in params.pretrained:  # written by the pretrained-<task> stage
         backbone = paths.pretrained_backbone
         if not backbone.is_file():
             raise FileNotFoundError(f"{backbone}: not found; params.yaml's pretrained.{task} names "
