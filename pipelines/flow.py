@@ -1,16 +1,20 @@
 """The visionflow pipeline as a Prefect flow: the same stages as ``dvc repro``, shown in the Prefect UI.
 
-    python pipelines/flow.py [--params params.yaml] [--tasks segmentation ...]
+    python pipelines/flow.py [--params params.yaml] [--tasks FAMILY ...]
 
-Each DVC stage is one Prefect task run named like the DVC stage
-(``train@segmentation``). One ``dvc status`` at the start finds the stages that
-are out of date and everything downstream of them; the others finish at once in
-a ``Skipped`` state (tag ``up-to-date``) without running anything. A stage that
-may run checks ``dvc status`` again once its upstream stages are done, runs as its
-CLI command (the very command dvc.yaml gives) in its own process, so families run
-side by side without sharing seeds or threads, and is then recorded in dvc.lock
-with ``dvc commit``: a ``dvc repro`` right after the flow has nothing to do.
-``acquire`` is retried on failure (networks flake).
+The stages and their order are DVC's: the flow writes dvc.yaml for the params
+(``visionflow dag``), reads DVC's stage graph (``dvc.repo.Repo.index.graph``) and
+submits each stage as one Prefect task run named like the DVC stage
+(``train-<family>``), waiting for the task runs of the stages it depends on, so
+families run side by side and a cross-family input (a pretrained backbone, another
+family's model) is ready before its reader starts. ``--tasks`` keeps the families'
+stages and everything they depend on. One ``dvc status`` at the start finds the
+stages that are out of date and everything downstream of them; the others finish at
+once in a ``Skipped`` state (tag ``up-to-date``) without running anything. A stage
+that may run checks ``dvc status`` again once its upstream stages are done, runs
+dvc.yaml's command in its own process, so families do not share seeds or threads,
+and is then recorded in dvc.lock with ``dvc commit``: a ``dvc repro`` right after the
+flow has nothing to do. ``acquire`` is retried on failure (networks flake).
 
 The flow run is named after what it runs (``visionflow: 2 families @ 1a2b3c4``),
 tagged with the families, commit and params hash, and leaves a table artifact of
@@ -28,11 +32,13 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import visionflow  # noqa: F401  (quiet, offline, in-project settings before Prefect is imported)
@@ -65,6 +71,7 @@ from prefect.runtime import flow_run as current_flow_run  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
 from visionflow.config import load_params  # noqa: E402
+from visionflow.dag import stage_name  # noqa: E402
 from visionflow.stages import TASK_STAGES  # noqa: E402
 
 _DVC_LOCK = threading.Lock()  # DVC holds a repo-wide lock: one DVC call at a time
@@ -73,11 +80,57 @@ UP_TO_DATE_TAG = "up-to-date"
 # of them run at a time while the other families' CPU stages go on.
 ACCELERATOR_TAG = "gpu"
 ACCELERATOR_STAGES = ("train", "evaluate")
+RETRIED_STAGES = ("acquire",)  # it downloads: networks flake
 LAST_FLOW_RUN: dict[str, str] = {}  # the id of this process's latest flow run, for its link
 
 
-def dvc_stage_name(stage: str, task_name: str | None) -> str:
-    return stage if task_name is None else f"{stage}@{task_name}"
+@dataclass(frozen=True)
+class PlannedStage:
+    """One DVC stage as the flow runs it: its name, command and the stages it waits for."""
+
+    name: str
+    cmd: str
+    upstream: tuple[str, ...]
+
+    @property
+    def kind(self) -> str:  # "train" of "train-<family>"
+        return self.name.partition("-")[0]
+
+    @property
+    def family(self) -> str | None:
+        return self.name.partition("-")[2] or None
+
+
+def pipeline_plan(root: Path, families: list[str] | None = None) -> list[PlannedStage]:
+    """The stages of ``root/dvc.yaml`` from DVC's graph, each after the stages it depends on.
+
+    ``families``: only their stages and everything those depend on (None: every stage).
+    Stages that depend on nothing go first, then those that depend only on them, and so on
+    (dvc.yaml's order within a step), so Prefect starts the families' stages side by side.
+    """
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with _DVC_LOCK, Repo(str(root)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        order = {stage.addressing: i for i, stage in enumerate(repo.index.stages)}
+        # Only pipeline stages run; a .dvc file's data (`dvc add`) is there already.
+        runnable = graph.subgraph([stage for stage in graph if getattr(stage, "cmd", None)])
+        by_name = {stage.addressing: stage for stage in runnable}
+        if families is not None:
+            wanted = {name for name in by_name for family in families
+                      if name in {stage_name(kind, family) for kind in ("pretrained", *TASK_STAGES)}}
+            keep = set()
+            for name in wanted:
+                keep |= {by_name[name], *nx.descendants(runnable, by_name[name])}
+            runnable = runnable.subgraph(keep)
+        plan = []
+        for generation in nx.topological_generations(runnable.reverse(copy=False)):
+            for stage in sorted(generation, key=lambda s: order.get(s.addressing, len(order))):
+                plan.append(PlannedStage(stage.addressing, stage.cmd if isinstance(stage.cmd, str)
+                                         else " && ".join(stage.cmd),
+                                         tuple(sorted(d.addressing for d in runnable.successors(stage)))))
+    return plan
 
 
 def stage_changed(root: Path, name: str) -> bool:
@@ -104,31 +157,6 @@ def stages_to_check(root: Path) -> set[str]:
     return changed | downstream
 
 
-def upstream_stages(root: Path, name: str) -> list[str]:
-    """The DVC stages ``name`` depends on directly (those producing its deps)."""
-    from dvc.repo import Repo
-
-    with _DVC_LOCK, Repo(str(root)) as repo:
-        graph = repo.index.graph
-        for stage in graph:
-            if stage.addressing == name:
-                return sorted(s.addressing for s in graph.successors(stage))
-    raise KeyError(f"{name}: no such stage in {root / 'dvc.yaml'}")
-
-
-def submission_order(families: list[str], needs: dict[str, set[str]]) -> list[str]:
-    """Families in an order where each comes after the families it takes a backbone from."""
-    ordered: list[str] = []
-    remaining = list(families)
-    while remaining:
-        ready = [f for f in remaining if not (needs.get(f, set()) & set(remaining)) - {f}]
-        if not ready:
-            raise ValueError(f"pretrained backbones form a cycle among {remaining}")
-        ordered += ready
-        remaining = [f for f in remaining if f not in ready]
-    return ordered
-
-
 def dvc_commit(root: Path, name: str) -> None:
     from dvc.repo import Repo
 
@@ -136,11 +164,13 @@ def dvc_commit(root: Path, name: str) -> None:
         repo.commit(name, force=True)
 
 
-def stage_command(stage: str, task_name: str | None, params_file: Path) -> list[str]:
-    command = [sys.executable, "-m", "visionflow.cli", "--params", str(params_file), stage]
-    if stage == "acquire":
-        return command + ["--no-progress"]
-    return command + ["--task", task_name]
+def stage_command(cmd: str, params_file: Path) -> list[str]:
+    """dvc.yaml's command for a stage; a ``visionflow`` one runs with this interpreter and
+    ``params_file`` (the console script may not be on a worker's PATH)."""
+    words = shlex.split(cmd)
+    if words and words[0] == "visionflow":
+        return [sys.executable, "-m", "visionflow.cli", "--params", str(params_file), *words[1:]]
+    return ["sh", "-c", cmd]
 
 
 def _skipped(name: str) -> Completed:
@@ -148,18 +178,17 @@ def _skipped(name: str) -> Completed:
                      data={"stage": name, "ran": False})
 
 
-def _run_stage(stage: str, task_name: str | None, params_file: str, may_run: bool = True):
+def _run_stage(name: str, cmd: str, params_file: str, may_run: bool = True):
     """Run one DVC stage if it is out of date; a Completed state named ``Skipped`` if not."""
     logger = get_run_logger()
     params_path = Path(params_file).resolve()
     root = params_path.parent
-    name = dvc_stage_name(stage, task_name)
     if not may_run or not stage_changed(root, name):
         logger.info("%s is up to date (dvc status): nothing to run", name)
         return _skipped(name)
     started = time.perf_counter()
     env = {**os.environ, "TQDM_DISABLE": "1"}  # progress bars make unreadable logs
-    process = subprocess.Popen(stage_command(stage, task_name, params_path), cwd=root, env=env,
+    process = subprocess.Popen(stage_command(cmd, params_path), cwd=root, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail: list[str] = []
     for line in process.stdout:
@@ -175,18 +204,19 @@ def _run_stage(stage: str, task_name: str | None, params_file: str, may_run: boo
 
 # Results are small dicts and inputs plain strings: no caching or result persistence needed.
 run_stage = task(_run_stage, cache_policy=NO_CACHE, persist_result=False)
-run_acquire = task(_run_stage, name="acquire", cache_policy=NO_CACHE, persist_result=False,
-                   retries=2, retry_delay_seconds=5)
+run_retried_stage = task(_run_stage, cache_policy=NO_CACHE, persist_result=False,
+                         retries=2, retry_delay_seconds=5)
 
 
-def _submit(stage_task, stage: str, family: str | None, params_file: str, planned: set[str], wait_for: list):
-    name = dvc_stage_name(stage, family)
-    may_run = name in planned
-    labels = [f"stage:{stage}"] + ([f"family:{family}"] if family else []) + ([] if may_run else [UP_TO_DATE_TAG])
-    if stage in ACCELERATOR_STAGES:
+def _submit(stage: PlannedStage, params_file: str, planned: set[str], wait_for: list):
+    may_run = stage.name in planned
+    labels = [f"stage:{stage.kind}"] + ([f"family:{stage.family}"] if stage.family else []) \
+        + ([] if may_run else [UP_TO_DATE_TAG])
+    if stage.kind in ACCELERATOR_STAGES:
         labels.append(ACCELERATOR_TAG)
-    return stage_task.with_options(task_run_name=name, tags=labels).submit(
-        stage, family, params_file, may_run, wait_for=wait_for)
+    stage_task = run_retried_stage if stage.kind in RETRIED_STAGES else run_stage
+    return stage_task.with_options(task_run_name=stage.name, tags=labels).submit(
+        stage.name, stage.cmd, params_file, may_run, wait_for=wait_for)
 
 
 def git_commit_short(root: Path) -> str:
@@ -205,39 +235,24 @@ def flow_run_name() -> str:
 
 @flow(name="visionflow", flow_run_name=flow_run_name, log_prints=True)
 def visionflow_pipeline(params_file: str = "params.yaml", tasks: list[str] | None = None) -> list[dict]:
-    """acquire, then synthesize → augment → train → evaluate → register for each family in parallel.
+    """Every stage of dvc.yaml (or those ``tasks`` need), each once the stages it depends on are done."""
+    from visionflow import dag
 
-    A family listed under ``pretrained`` in params.yaml gets ``pretrained@<family>`` before its
-    train stage, started once the stages producing its backbone (per dvc.yaml) have finished.
-    """
     LAST_FLOW_RUN["id"] = str(current_flow_run.id)
     params = load_params(params_file)
     families = tasks or params.tasks
     for family in families:
         params.task(family)  # an unknown or disabled family fails before anything runs
     root = Path(params_file).resolve().parent
+    if dag.write(root, params):  # `tasks`, `pretrained` or a cross-family input changed
+        get_run_logger().info("wrote %s for %s (visionflow dag)", root / dag.DVC_YAML, params_file)
     create_tracking_store(params, root)
     planned = stages_to_check(root)
-    upstream = {family: upstream_stages(root, dvc_stage_name("pretrained", family))
-                for family in families if family in params.pretrained}
-    needs = {family: {name.split("@", 1)[1] for name in names if "@" in name}
-             for family, names in upstream.items()}
-    acquired = _submit(run_acquire, "acquire", None, params_file, planned, [])
-    submitted = {"acquire": acquired}
-    chains = []
-    for family in submission_order(list(families), needs):
-        previous = acquired
-        chain = []
-        for stage in TASK_STAGES:
-            if stage == "train" and family in upstream:
-                producers = [submitted[s] for s in upstream[family] if s in submitted]
-                previous = _submit(run_stage, "pretrained", family, params_file, planned, [previous, *producers])
-                chain.append(previous)
-            previous = _submit(run_stage, stage, family, params_file, planned, [previous])
-            submitted[dvc_stage_name(stage, family)] = previous
-            chain.append(previous)
-        chains.append(chain)
-    futures = [acquired] + [future for chain in chains for future in chain]
+    submitted: dict[str, object] = {}
+    for stage in pipeline_plan(root, list(tasks) if tasks else None):
+        submitted[stage.name] = _submit(stage, params_file, planned,
+                                        [submitted[name] for name in stage.upstream])
+    futures = list(submitted.values())
     wait(futures)
     results = [future.result() for future in futures]
     report_artifact(root, params, families, results)
@@ -265,7 +280,7 @@ def report_artifact(root: Path, params, families: list[str], results: list[dict]
     for family in families:
         paths, metric = TaskPaths(family, root), get_task(family).primary_metric
         value = json.loads(paths.metrics.read_text()).get(metric) if paths.metrics.is_file() else None
-        stages = [s for s in TASK_STAGES if dvc_stage_name(s, family) in ran]
+        stages = [s for s in ("pretrained", *TASK_STAGES) if stage_name(s, family) in ran]
         links = "-"
         if paths.train_summary.is_file():
             run_id = json.loads(paths.train_summary.read_text())["mlflow_run_id"]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from conftest import BIN, REPO
+from conftest import BIN, REPO, tiny_params_dict, write_project_params
+from visionflow.dag import stage_name
 
 # Runs the flow in Prefect's ephemeral mode, then asks the same (still running)
 # server what it recorded, as the Prefect UI would.
@@ -41,7 +42,7 @@ def test_flow_runs_stages_as_task_runs_and_leaves_dvc_clean(tiny_project: Path, 
     report = json.loads(result.stdout.split("REPORT", 1)[1])
     assert [state for _, state in report["flow_runs"]] == ["COMPLETED"]
     tasks = yaml.safe_load((tiny_project / "params.yaml").read_text())["tasks"]
-    expected = {"acquire"} | {f"{stage}@{task}" for task in tasks for stage in
+    expected = {"acquire"} | {stage_name(stage, task) for task in tasks for stage in
                               ("synthesize", "augment", "train", "evaluate", "register")}
     assert report["task_runs"] == {name: "COMPLETED" for name in expected}
     assert json.loads((tiny_project / "metrics/segmentation.json").read_text())["mIoU"] >= 0
@@ -52,3 +53,40 @@ def test_flow_runs_stages_as_task_runs_and_leaves_dvc_clean(tiny_project: Path, 
     repro = subprocess.run([str(BIN / "dvc"), "repro"], cwd=tiny_project, env=project_env,
                            capture_output=True, text=True)
     assert "Running stage" not in repro.stdout, repro.stdout
+
+
+PLAN = """
+import json, sys
+sys.path.insert(0, {pipelines!r})
+from pathlib import Path
+from flow import pipeline_plan
+print("PLAN" + json.dumps([[s.name, list(s.upstream)] for s in pipeline_plan(Path("."), {families!r})]))
+"""
+
+
+def flow_plan(project: Path, env: dict, families: list[str] | None) -> list[tuple[str, list[str]]]:
+    script = PLAN.format(pipelines=str(REPO / "pipelines"), families=families)
+    result = subprocess.run([sys.executable, "-c", script], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [tuple(step) for step in json.loads(result.stdout.split("PLAN", 1)[1])]
+
+
+def test_the_flow_takes_stages_and_order_from_dvc(tiny_project: Path, project_env: dict):
+    """Each stage waits for the stages DVC says it depends on, cross-family ones included;
+    ``--tasks`` keeps a family's stages and what they need."""
+    write_project_params(tiny_project, tiny_params_dict(
+        tasks=["segmentation", "selfsup", "detection", "pose"], pose={"evaluate": {"boxes": "detection"}},
+        pretrained={"segmentation": "models/selfsup/best.ckpt"}))
+    plan = flow_plan(tiny_project, project_env, None)
+    names = [name for name, _ in plan]
+    upstream = dict(plan)
+    assert len(names) == len(set(names)) == 1 + 4 * 5 + 1
+    assert all(names.index(before) < names.index(name) for name, deps in plan for before in deps)
+    assert upstream["pretrained-segmentation"] == ["train-selfsup"]
+    assert "pretrained-segmentation" in upstream["train-segmentation"]
+    assert "train-detection" in upstream["evaluate-pose"]
+
+    only_pose = [name for name, _ in flow_plan(tiny_project, project_env, ["pose"])]
+    assert set(only_pose) == {"acquire", "synthesize-pose", "augment-pose", "train-pose", "evaluate-pose",
+                              "register-pose", "synthesize-detection", "train-detection"}
