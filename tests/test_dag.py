@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -162,3 +163,47 @@ def test_dvc_puts_pose_evaluate_after_detection_training_when_it_crops_detected_
     graph = json.loads(out.stdout.strip().splitlines()[-1])
     assert graph["evaluate-pose"] == ["acquire", "synthesize-pose", "train-detection", "train-pose"]
     assert "train-detection" not in graph["train-pose"]
+
+
+def test_dvc_status_after_editing_centernet_or_retraining_detection(tmp_path, project_env):
+    """A temp DVC repo with the package copied in, every stage's outputs faked and committed
+    (nothing trained): editing models/centernet.py leaves stereo, segmentation, selfsup and
+    pose's training up to date; a new detection model changes pose's evaluate."""
+    from conftest import tiny_params_dict
+
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "src" / "visionflow", project / "src" / "visionflow",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "pretrained", project / "pretrained")
+    write_project_params(project, tiny_params_dict(tasks=task_names(), pose={"evaluate": {"boxes": "detection"}}))
+    for body in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values():
+        for entry in body.get("outs", []) + body.get("metrics", []) + body.get("plots", []):
+            path = project / (entry if isinstance(entry, str) else next(iter(entry)))
+            if path.suffix:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("fake output\n")
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+                (path / "fake.txt").write_text("fake output\n")
+
+    def dvc(*args: str) -> str:
+        result = subprocess.run([str(BIN / "dvc"), *args], cwd=project, env=project_env, capture_output=True,
+                                text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"]):
+        subprocess.run(command, cwd=project, env=project_env, check=True, capture_output=True)
+    dvc("commit", "-f", "-q")
+    assert json.loads(dvc("status", "--json")) == {}
+
+    with (project / CENTERNET).open("a") as file:
+        file.write("# edited\n")
+    changed = set(json.loads(dvc("status", "--json")))
+    assert changed == {f"{stage}-detection" for stage in ("augment", "train", "evaluate", "register")} \
+        | {"evaluate-pose"}
+    (project / CENTERNET).write_text((REPO / CENTERNET).read_text())
+
+    (project / "models" / "detection" / "best.ckpt").write_text("retrained\n")  # train-detection's out
+    assert set(json.loads(dvc("status", "--json"))) == {"train-detection", "evaluate-detection",
+                                                        "register-detection", "evaluate-pose"}
