@@ -64,10 +64,10 @@ def decoding_and_speed(workdir: Path) -> dict:
     out = EvalOutputs(workdir / ".bench" / "plots", workdir / ".bench" / "reports", workdir)
     report: dict = {"decoding_AP": {}}
     module = family.load_module(paths.best_checkpoint)
-    if module.model_params["head"] == "heatmap":
+    if module.model_params.head == "heatmap":
         for name, decode, modulate in (("argmax", "argmax", False), ("taylor", "taylor", False),
                                        ("taylor+modulate", "taylor", True)):
-            module.model_params.update(decode=decode, modulate=modulate)
+            module.model_params = module.model_params.model_copy(update={"decode": decode, "modulate": modulate})
             metrics = evaluate_pose(module, data_root, out, torch.device("cpu"), params.evaluate)
             report["decoding_AP"][name] = {"AP": round(metrics["AP"], 4),
                                            "mean_error_px": round(metrics["mean_error_px"], 3)}

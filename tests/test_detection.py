@@ -192,7 +192,7 @@ def test_boxes_leaving_the_image_are_clipped_or_dropped_with_their_masks(tmp_pat
     write_coco(tmp_path, annotations)
     augment = BoxAugmentParams.model_validate({
         "transforms": [{"name": "Affine", "kwargs": {"translate_px": {"x": 6, "y": 0}}}],
-        "boxes": {"clip": True, "min_visibility": 0.3, "min_area": 4}})
+        "boxes": {"clip": True, "min_visibility": 0.3, "min_area": 4, "min_side": 2.0}})
     transform = build_box_transforms(augment, "detection.augment", seed=0)
     dataset = CocoDetectionDataset(load_split(tmp_path, "train"), transform, with_masks=True)
     out = dataset.transformed(0)

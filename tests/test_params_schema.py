@@ -128,3 +128,72 @@ def test_gpu_profile_still_validates():
     from visionflow.config import profile_overrides
 
     assert profile_overrides(REPO / "params.yaml", REPO / "params.gpu.yaml")
+
+
+# --- checkpoints: plain hyperparameters in, typed sections out, one upgrade function per family ---
+
+
+def _saved_checkpoint(path, family_name: str, edit=None):
+    """A checkpoint of a freshly built tiny module, its hyperparameters passed through ``edit``."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from conftest import tiny_params_dict
+    from visionflow.models.checkpoints import TASK_KEY
+
+    section = parse_params(tiny_params_dict()).task(family_name)
+    data = SimpleNamespace(class_names=["circle", "square"], image_size=64, val_ground_truth=None,
+                           category_ids=[3, 7])
+    module = get_task(family_name).module(section, data)
+    hparams = copy.deepcopy(dict(module.hparams))
+    if edit:
+        edit(hparams)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams, TASK_KEY: family_name}, path)
+    return module, section
+
+
+@pytest.mark.parametrize("family", ["stereo", "detection", "instance_segmentation"])
+def test_checkpoint_hyperparameters_are_plain_and_rebuild_the_typed_sections(family, tmp_path):
+    module, section = _saved_checkpoint(tmp_path / "m.ckpt", family)
+    for value in dict(module.hparams).values():  # what torch.load(weights_only=True) can read back
+        assert not isinstance(value, BaseModel)
+    loaded = get_task(family).load_module(tmp_path / "m.ckpt")
+    assert loaded.optim == section.train
+    if family != "stereo":
+        assert loaded.model_params == section.model
+
+
+def test_an_old_stereo_checkpoint_is_upgraded_with_the_behaviour_it_was_trained_with(tmp_path):
+    def drop_later_keys(hparams):
+        del hparams["model"]["argmin_radius"]
+        for key in ("beta", "distribution_weight", "distribution_spread"):
+            del hparams["optim"]["loss"][key]
+
+    _saved_checkpoint(tmp_path / "old.ckpt", "stereo", drop_later_keys)
+    module = get_task("stereo").load_module(tmp_path / "old.ckpt")
+    assert module.optim.loss.beta == 1.0 and module.optim.loss.distribution_weight == 0.0
+    assert module.net.argmin_radius is None
+
+
+def test_a_checkpoint_missing_a_key_no_upgrade_knows_names_it(tmp_path):
+    from visionflow.models.checkpoints import CheckpointError
+
+    _saved_checkpoint(tmp_path / "odd.ckpt", "stereo", lambda h: h["optim"]["loss"].pop("scale_weights"))
+    with pytest.raises(CheckpointError, match=r"optim: loss\.scale_weights: required key is missing"):
+        get_task("stereo").load_module(tmp_path / "odd.ckpt")
+
+
+def test_an_old_detection_checkpoint_is_upgraded(tmp_path):
+    _saved_checkpoint(tmp_path / "old.ckpt", "detection", lambda h: h["optim"].pop("grad_clip"))
+    assert get_task("detection").load_module(tmp_path / "old.ckpt").optim.grad_clip is None
+
+
+def test_instance_segmentation_and_box_outputs_do_not_import_centernet():
+    """Editing models/centernet.py must concern the detection family only."""
+    import ast
+
+    for name in ("mask_rcnn.py", "detector_outputs.py"):
+        tree = ast.parse((REPO / "src" / "visionflow" / "models" / name).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert "visionflow.models.centernet" not in imported and "visionflow.models.detectors" not in imported

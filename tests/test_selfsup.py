@@ -165,8 +165,7 @@ def test_segmentation_starts_from_a_backbone_and_refuses_a_wrong_one(tiny_params
 
     family = get_task("segmentation")
     channels = tiny_params.segmentation.model.channels
-    module = SegmentationModule(["background", "a"], {"channels": channels, "dilations": [1]},
-                                tiny_params.segmentation.train.model_dump())
+    module = SegmentationModule(["background", "a"], tiny_params.segmentation.model, tiny_params.segmentation.train)
     good = save_backbone(UNetEncoder(tuple(channels)), tmp_path / "good.pt")
     family.start_from_backbone(module, good)
     bad = save_backbone(UNetEncoder(tuple(c * 2 for c in channels)), tmp_path / "bad.pt")

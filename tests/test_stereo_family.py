@@ -234,7 +234,7 @@ def test_channels_last_weights_change_the_layout_not_the_disparity(tmp_path):
     module = get_task("stereo").module(params, None).eval()
     convolutions = [p for p in module.net.parameters() if p.dim() == 4]
     assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
-    plain = StereoModule(params.model.model_dump(mode="json"), params.train.model_dump(mode="json")).eval()
+    plain = StereoModule(params.model, params.train).eval()
     for parameter in plain.net.parameters():
         parameter.data = parameter.data.contiguous()
     plain.load_state_dict(module.state_dict())

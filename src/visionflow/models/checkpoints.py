@@ -72,14 +72,16 @@ def require_hparams(hparams: dict[str, Any], keys: Iterable[str], path: str | Pa
 
 
 def build_from_checkpoint(module_class: type, path: str | Path, task: str, required: Iterable[str] = ()) -> Any:
-    """``module_class(**hyper_parameters)`` with the checkpoint's weights, in eval mode.
+    """``module_class.from_hyperparameters(hyper_parameters)`` with the checkpoint's weights, in eval mode.
 
+    The hyperparameters are plain data; the module rebuilds its typed sections from them (and
+    upgrades an older checkpoint's, through its family's one upgrade function).
     ``required``: hyper-parameters the family cannot do without (an error to retrain if absent).
     """
     state_dict, hparams = read_lightning_checkpoint(path, task)
     require_hparams(hparams, required, path, task)
     try:
-        module = module_class(**hparams)
+        module = module_class.from_hyperparameters(hparams)
         module.load_state_dict(state_dict)
     except (TypeError, KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: does not fit a {task} model ({_first_line(exc)}); "

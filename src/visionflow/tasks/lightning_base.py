@@ -6,12 +6,17 @@ the architecture beyond calling the family's ``model_step``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
+from pydantic import BaseModel, ValidationError
 
+from visionflow.config import OptimParams
+from visionflow.config_errors import describe_errors
 from visionflow.models.checkpoints import TASK_KEY
+
+Section = TypeVar("Section", bound=BaseModel)
 
 
 # On an accelerator, reading the loss's finiteness back is a host-device sync that stalls the
@@ -26,19 +31,26 @@ class NonFiniteLossError(FloatingPointError):
 class TaskModule(L.LightningModule):
     """Subclasses implement ``model_step(batch) -> (outputs, losses)`` with ``losses["loss"]``.
 
-    ``optim`` is a family's ``train`` params as a dict (epochs, lr, weight_decay,
-    schedule, ...), saved in the checkpoint's hyperparameters.
+    ``optim`` is a family's typed ``train`` params (epochs, lr, weight_decay, schedule, ...).
+    Checkpoints hold plain data only (``models.checkpoints`` loads them weights-only): a
+    subclass saves its sections with ``save_hyperparameters`` as ``section.model_dump(mode="json")``
+    and rebuilds them in :meth:`from_hyperparameters`.
     """
 
     task_name: str = ""  # the family, recorded in every checkpoint (``models.checkpoints.TASK_KEY``)
 
-    def __init__(self, optim: dict[str, Any]):
+    def __init__(self, optim: OptimParams):
         super().__init__()
         self.optim = optim
         self._nonfinite: torch.Tensor | None = None  # on the device: did a loss since the last check fail?
         self._checked_step = 0
 
     def model_step(self, batch: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_hyperparameters(cls, saved: dict[str, Any]) -> "TaskModule":
+        """The module a checkpoint's saved hyperparameters describe (``models.checkpoints``)."""
         raise NotImplementedError
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -70,18 +82,30 @@ class TaskModule(L.LightningModule):
         where = f"step {self.global_step}" if since >= self.global_step - 1 else \
             f"steps {since}-{self.global_step}"
         raise NonFiniteLossError(f"non-finite loss at epoch {self.current_epoch}, {where}: {shown or 'see the log'}; "
-                                 f"lower the learning rate ({self.optim['lr']}) or check the data")
+                                 f"lower the learning rate ({self.optim.lr}) or check the data")
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.optim["lr"],
-                                      weight_decay=self.optim["weight_decay"])
-        schedule = self.optim["schedule"]
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.optim.lr,
+                                      weight_decay=self.optim.weight_decay)
+        schedule = self.optim.schedule
         if schedule == "constant":
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)
         if schedule == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.optim["lr"],
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.optim.lr,
                                                             total_steps=total_steps)
         else:
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def saved_section(model: type[Section], saved: Any, name: str) -> Section:
+    """A typed params section rebuilt from a checkpoint's plain ``saved`` hyperparameter ``name``.
+
+    A value that does not fit (an older checkpoint whose family's upgrade function does not
+    know a missing key) is a ``ValueError`` naming the key, which ``models.checkpoints`` reports.
+    """
+    try:
+        return model.model_validate(saved)
+    except ValidationError as exc:
+        raise ValueError(describe_errors(f"hyperparameter {name}", exc, model)) from None

@@ -97,9 +97,8 @@ class BoxFamily(TaskFamily):
         raise NotImplementedError
 
     def module(self, params: "DetectionParams", datamodule: Any):
-        return self._module_class()(datamodule.class_names, params.model.model_dump(), params.train.model_dump(),
-                                    datamodule.image_size, datamodule.val_ground_truth,
-                                    category_ids=datamodule.category_ids)
+        return self._module_class()(datamodule.class_names, params.model, params.train, datamodule.image_size,
+                                    datamodule.val_ground_truth, category_ids=datamodule.category_ids)
 
     def load_module(self, checkpoint: Path):
         from visionflow.models.checkpoints import build_from_checkpoint
@@ -116,7 +115,7 @@ class BoxFamily(TaskFamily):
     def export(self, module: Any, data_root: Path) -> ExportedModel:
         """Images ``(N, 3, H, W)`` in [0, 1] -> ``(N, max_detections, 6)`` x1, y1, x2, y2, score,
         class index (instance segmentation: ``6 + 28*28`` columns, the box-relative masks);
-        rows past the detections found are -1. See ``visionflow.models.detectors``."""
+        rows past the detections found are -1. See ``visionflow.models.detector_outputs``."""
         import torch
 
         from visionflow.tasks.boxes.data import CocoDetectionDataset, load_split
@@ -128,7 +127,7 @@ class BoxFamily(TaskFamily):
         with torch.no_grad():
             width = detector(torch.from_numpy(example)).shape[-1]
         return ExportedModel(detector, example, (-1, 3, -1, -1),
-                             (-1, module.model_params["max_detections"], width),
+                             (-1, module.model_params.max_detections, width),
                              serialization_format=self._serialization_format(module))
 
     def _serialization_format(self, module: Any) -> str:

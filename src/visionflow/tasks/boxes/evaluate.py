@@ -97,7 +97,7 @@ def _write_plots(out: EvalOutputs, kind: str, evaluation: CocoEvaluation) -> Non
 def _write_overlays(path: Path, dataset: CocoDetectionDataset, shown: list[torch.Tensor],
                     class_names: list[str], min_score: float, with_masks: bool) -> None:
     """Rows: image | ground truth | predictions with score >= ``min_score``."""
-    from visionflow.models.detectors import paste_box_masks
+    from visionflow.models.detector_outputs import paste_box_masks
 
     if not shown:
         return

@@ -10,19 +10,27 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
+from visionflow.config import OptimParams
 from visionflow.tasks.boxes.results import detections_to_results
-from visionflow.tasks.lightning_base import TaskModule
+from visionflow.tasks.lightning_base import TaskModule, saved_section
 
 VAL_SCORE_THRESHOLD = 0.05  # keeps the per-epoch validation AP cheap
 
 
 class BoxTaskModule(TaskModule):
-    """What detection and instance segmentation share: validation AP, the exportable detector."""
+    """What detection and instance segmentation share: validation AP, the exportable detector.
+
+    ``model`` and ``optim`` are the family's typed ``model`` and ``train`` sections (classes in
+    ``model_class`` / ``optim_class``); ``optim`` has ``grad_clip``.
+    """
 
     with_masks = False
+    model_class: type[BaseModel]
+    optim_class: type[OptimParams]
 
-    def __init__(self, class_names: list[str], model: dict[str, Any], optim: dict[str, Any],
+    def __init__(self, class_names: list[str], model: BaseModel, optim: OptimParams,
                  image_size: int, val_ground_truth: dict | None = None, category_ids: list[int] | None = None):
         super().__init__(optim)
         self.class_names = list(class_names)
@@ -32,16 +40,31 @@ class BoxTaskModule(TaskModule):
         # The ground truth is data, not a hyperparameter: kept out of the checkpoint.
         self.val_ground_truth = val_ground_truth
         self._val_results: list[dict] = []
+        self.save_hyperparameters({"class_names": list(class_names), "model": model.model_dump(mode="json"),
+                                   "optim": optim.model_dump(mode="json"), "image_size": image_size,
+                                   "category_ids": category_ids})
+
+    @staticmethod
+    def upgrade_hyperparameters(saved: dict[str, Any]) -> dict[str, Any]:
+        """An older checkpoint's hyperparameters in today's shape (each family its own; none here)."""
+        return saved
+
+    @classmethod
+    def from_hyperparameters(cls, saved: dict[str, Any]) -> "BoxTaskModule":
+        saved = cls.upgrade_hyperparameters(saved)
+        return cls(saved["class_names"], saved_section(cls.model_class, saved["model"], "model"),
+                   saved_section(cls.optim_class, saved["optim"], "optim"), saved["image_size"],
+                   category_ids=saved.get("category_ids"))  # None: older checkpoints, refused at predict
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None,
                                     gradient_clip_algorithm: Any = None) -> None:
-        clip = self.optim.get("grad_clip") or gradient_clip_val
+        clip = self.optim.grad_clip or gradient_clip_val
         if clip:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     @property
     def detector(self) -> torch.nn.Module:
-        """``(N, 3, H, W)`` in [0, 1] -> ``(N, D, 6 [+ M*M])`` (``visionflow.models.detectors``)."""
+        """``(N, 3, H, W)`` in [0, 1] -> ``(N, D, 6 [+ M*M])`` (``visionflow.models.detector_outputs``)."""
         raise NotImplementedError
 
     @torch.no_grad()

@@ -23,10 +23,10 @@ def predict_detections(model: torch.nn.Module, images: list[Path], out_dir: Path
     (id, file_name, width, height) and ``<stem>_overlay.png`` (detections scoring >= 0.3; stems
     made distinct by :func:`~visionflow.tasks.base.output_stems`).
 
-    ``model``: ``(N, 3, H, W)`` in [0, 1] -> ``(N, D, 6 [+ M*M])`` (``visionflow.models.detectors``).
+    ``model``: ``(N, 3, H, W)`` in [0, 1] -> ``(N, D, 6 [+ M*M])`` (``visionflow.models.detector_outputs``).
     Category ids come from the model's ``category_ids`` when it carries them, else class index + 1.
     """
-    from visionflow.models.detectors import paste_box_masks
+    from visionflow.models.detector_outputs import paste_box_masks
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.to(device)

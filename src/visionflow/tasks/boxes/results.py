@@ -2,7 +2,7 @@
 
 A detector's output rows are ``(D, 6 [+ M*M])`` = x1, y1, x2, y2 px, score, class
 index 0..C-1 (and box-relative mask probabilities), -1 rows for padding (see
-``visionflow.models.detectors``). COCO results are ``{"image_id", "category_id",
+``visionflow.models.detector_outputs``). COCO results are ``{"image_id", "category_id",
 "bbox": [x, y, w, h], "score"}`` plus ``"segmentation"`` (RLE) for masks.
 """
 
@@ -26,7 +26,7 @@ def detections_to_results(detections: torch.Tensor, image_id: int, category_ids:
     rows' mask columns are pasted into a ``height`` x ``width`` image and RLE-encoded.
     """
     from visionflow.models.boxes import xyxy_to_coco
-    from visionflow.models.detectors import paste_box_masks
+    from visionflow.models.detector_outputs import paste_box_masks
 
     detections = detections[detections[:, 4] >= 0].float().cpu()
     if len(detections) == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -9,32 +10,48 @@ import torch
 from visionflow.models.centernet import CenterNet, centernet_loss, encode_targets
 from visionflow.models.detectors import CenterNetDetector, TorchvisionDetector, build_retinanet
 from visionflow.tasks.boxes.module import BoxTaskModule
+from visionflow.tasks.detection.params import DetectionModelParams, DetectionTrainParams
+
+
+def upgrade_hyperparameters(saved: dict[str, Any]) -> dict[str, Any]:
+    """A detection checkpoint's saved hyperparameters in today's shape (a copy; the one place
+    older checkpoints are adapted).
+
+    Fills ``optim.grad_clip`` with None (no clipping): checkpoints written before the key
+    existed were trained without it. Older keys (``model.neck``, ``optim.loss.regression``)
+    came with changes to the network or the targets, so such checkpoints do not fit anyway.
+    """
+    upgraded = copy.deepcopy(saved)
+    if isinstance(upgraded.get("optim"), dict):
+        upgraded["optim"].setdefault("grad_clip", None)
+    return upgraded
 
 
 class DetectionModule(BoxTaskModule):
-    """``model["name"]``: ``centernet`` (anchor-free, ours) or ``retinanet`` (torchvision's)."""
+    """``model.name``: ``centernet`` (anchor-free, ours) or ``retinanet`` (torchvision's)."""
 
     task_name = "detection"
+    model_class = DetectionModelParams
+    optim_class = DetectionTrainParams
+    model_params: DetectionModelParams
+    optim: DetectionTrainParams
+    upgrade_hyperparameters = staticmethod(upgrade_hyperparameters)
 
-    def __init__(self, class_names: list[str], model: dict[str, Any], optim: dict[str, Any],
+    def __init__(self, class_names: list[str], model: DetectionModelParams, optim: DetectionTrainParams,
                  image_size: int, val_ground_truth: dict | None = None, category_ids: list[int] | None = None):
         super().__init__(class_names, model, optim, image_size, val_ground_truth, category_ids)
-        self.save_hyperparameters(ignore=["val_ground_truth"])
         num_classes = len(class_names)
-        if model["name"] == "centernet":
-            self.net = CenterNet(num_classes, model["channels"], model["blocks"], model["fpn_channels"],
-                                 model["head_channels"], model["neck"])
+        if model.name == "centernet":
+            self.net = CenterNet(num_classes, model.channels, model.blocks, model.fpn_channels,
+                                 model.head_channels, model.neck)
         else:
-            self.net = build_retinanet(num_classes, image_size, model["channels"], model["blocks"],
-                                       model["fpn_channels"], model["anchor_sizes"], model["aspect_ratios"],
-                                       model["max_detections"], model["score_threshold"], model["nms_iou"])
+            self.net = build_retinanet(num_classes, image_size, model)
 
     @property
     def detector(self) -> torch.nn.Module:
         if isinstance(self.net, CenterNet):
-            return CenterNetDetector(self.net, self.model_params["max_detections"],
-                                     self.model_params["score_threshold"])
-        return TorchvisionDetector(self.net, self.model_params["max_detections"], first_label=0)
+            return CenterNetDetector(self.net, self.model_params.max_detections, self.model_params.score_threshold)
+        return TorchvisionDetector(self.net, self.model_params.max_detections, first_label=0)
 
     def model_step(self, batch: tuple[torch.Tensor, list[dict]]) -> tuple[Any, dict[str, torch.Tensor]]:
         images, targets = batch
@@ -42,8 +59,8 @@ class DetectionModule(BoxTaskModule):
             outputs = self.net(images)
             encoded = encode_targets([t["boxes"] for t in targets], [t["labels"] - 1 for t in targets],
                                      len(self.class_names), tuple(outputs.heatmap.shape[-2:]), self.net.stride,
-                                     self.optim["loss"]["min_overlap"], self.optim["loss"]["regression"])
-            return outputs, centernet_loss(outputs, encoded, self.optim["loss"])
+                                     self.optim.loss.min_overlap, self.optim.loss.regression)
+            return outputs, centernet_loss(outputs, encoded, self.optim.loss.model_dump())
         self.net.train()
         # RetinaNet's sigmoid classes have no background: labels 0..C-1
         losses = self.net(list(images), [{"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets])

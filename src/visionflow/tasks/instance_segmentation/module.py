@@ -1,4 +1,4 @@
-"""The Mask R-CNN Lightning module; validation AP and export come from detection's ``BoxTaskModule``."""
+"""The Mask R-CNN Lightning module; validation AP and export come from the box families' ``BoxTaskModule``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from typing import Any
 
 import torch
 
-from visionflow.models.detectors import MaskRCNNDetector, build_mask_rcnn
+from visionflow.models.mask_rcnn import MaskRCNNDetector, build_mask_rcnn
 from visionflow.tasks.boxes.module import BoxTaskModule
+from visionflow.tasks.instance_segmentation.params import (InstanceSegmentationModelParams,
+                                                           InstanceSegmentationTrainParams)
 
 
 class InstanceSegmentationModule(BoxTaskModule):
@@ -15,21 +17,20 @@ class InstanceSegmentationModule(BoxTaskModule):
 
     task_name = "instance_segmentation"
     with_masks = True
+    model_class = InstanceSegmentationModelParams
+    optim_class = InstanceSegmentationTrainParams
+    model_params: InstanceSegmentationModelParams
+    optim: InstanceSegmentationTrainParams
 
-    def __init__(self, class_names: list[str], model: dict[str, Any], optim: dict[str, Any],
-                 image_size: int, val_ground_truth: dict | None = None, category_ids: list[int] | None = None):
+    def __init__(self, class_names: list[str], model: InstanceSegmentationModelParams,
+                 optim: InstanceSegmentationTrainParams, image_size: int, val_ground_truth: dict | None = None,
+                 category_ids: list[int] | None = None):
         super().__init__(class_names, model, optim, image_size, val_ground_truth, category_ids)
-        self.save_hyperparameters(ignore=["val_ground_truth"])
-        self.net = build_mask_rcnn(
-            len(class_names), image_size, model["channels"], model["blocks"], model["fpn_channels"],
-            model["anchor_sizes"], model["aspect_ratios"], model["rpn_pre_nms_top_n"],
-            model["rpn_post_nms_top_n"], model["rois_per_image"], model["positive_fraction"],
-            model["box_head_dim"], model["mask_head_channels"], model["max_detections"],
-            model["score_threshold"], model["nms_iou"])
+        self.net = build_mask_rcnn(len(class_names), image_size, model)
 
     @property
     def detector(self) -> torch.nn.Module:
-        return MaskRCNNDetector(self.net, self.model_params["max_detections"])
+        return MaskRCNNDetector(self.net, self.model_params.max_detections)
 
     def model_step(self, batch: tuple[torch.Tensor, list[dict]]) -> tuple[Any, dict[str, torch.Tensor]]:
         images, targets = batch

@@ -83,7 +83,7 @@ class Pose(TaskFamily):
     def module(self, params: "PoseParams", datamodule: Any):
         from visionflow.tasks.pose.module import PoseModule
 
-        return PoseModule(datamodule.schema.as_dict(), params.model.model_dump(), params.train.model_dump())
+        return PoseModule(datamodule.schema.as_dict(), params.model, params.train)
 
     def load_module(self, checkpoint: Path):
         from visionflow.models.checkpoints import build_from_checkpoint
@@ -144,4 +144,4 @@ def _crop_geometry(module: Any):
     from visionflow.tasks.pose.data import CropGeometry
 
     model = module.model_params
-    return CropGeometry(model["crop_height"], model["crop_width"], model["box_margin"])
+    return CropGeometry(model.crop_height, model.crop_width, model.box_margin)

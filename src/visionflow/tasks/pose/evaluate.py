@@ -208,7 +208,7 @@ def evaluate_pose(module: Any, data_root: Path, out: EvalOutputs, device: torch.
                          f"{list(schema.names)}")
     sigmas = resolve_sigmas(params.sigmas, schema.names)
     model = module.model_params
-    geometry = CropGeometry(model["crop_height"], model["crop_width"], model["box_margin"])
+    geometry = CropGeometry(model.crop_height, model.crop_width, model.box_margin)
     dataset = CocoPoseDataset(coco, test_schema, geometry, labelled_only=False)
     module = module.to(device).eval()
 

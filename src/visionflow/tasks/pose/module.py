@@ -8,15 +8,17 @@ and the mean keypoint error in image pixels.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from visionflow.tasks.lightning_base import TaskModule
+from visionflow.tasks.lightning_base import TaskModule, saved_section
 from visionflow.tasks.pose.data import KeypointSchema
 from visionflow.tasks.pose.heatmaps import encode_heatmaps
 from visionflow.tasks.pose.network import KeypointPredictor, PoseNet
+from visionflow.tasks.pose.params import PoseModelParams, PoseTrainParams
 
 VAL_PCK_THRESHOLDS = (0.05, 0.1)
 
@@ -58,26 +60,51 @@ def regression_loss(output: torch.Tensor, keypoints: torch.Tensor, crop_size: tu
     return {"coords": coords, "presence": presence, "loss": coords + 0.1 * presence}
 
 
-class PoseModule(TaskModule):
-    task_name = "pose"
+def upgrade_hyperparameters(saved: dict[str, Any]) -> dict[str, Any]:
+    """A pose checkpoint's saved hyperparameters in today's shape (a copy; the one place older
+    checkpoints are adapted).
 
-    def __init__(self, schema: dict[str, Any], model: dict[str, Any], optim: dict[str, Any]):
+    ``model.decoder`` and ``model.flip_test`` came after the first pose checkpoints, as options
+    that were off: those were trained with the concat decoder and evaluated without flip test.
+    """
+    upgraded = copy.deepcopy(saved)
+    if isinstance(upgraded.get("model"), dict):
+        upgraded["model"].setdefault("decoder", "concat")
+        upgraded["model"].setdefault("flip_test", False)
+    return upgraded
+
+
+class PoseModule(TaskModule):
+    """``model_params``: the typed ``pose.model`` section; decoding reads it at every call (a
+    benchmark may swap it for a copy with another ``decode``)."""
+
+    task_name = "pose"
+    optim: PoseTrainParams
+
+    def __init__(self, schema: dict[str, Any], model: PoseModelParams, optim: PoseTrainParams):
         super().__init__(optim)
-        self.save_hyperparameters()
+        self.save_hyperparameters({"schema": schema, "model": model.model_dump(mode="json"),
+                                   "optim": optim.model_dump(mode="json")})
         self.schema = KeypointSchema.from_dict(schema)
-        self.model_params = dict(model)
-        self.crop_size = (model["crop_height"], model["crop_width"])
-        self.net = PoseNet(self.schema.num_keypoints, self.crop_size, model["head"],
-                           tuple(model["channels"]), model["heatmap_stride"], model["decoder"])
+        self.model_params = model
+        self.crop_size = (model.crop_height, model.crop_width)
+        self.net = PoseNet(self.schema.num_keypoints, self.crop_size, model.head, tuple(model.channels),
+                           model.heatmap_stride, model.decoder)
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @classmethod
+    def from_hyperparameters(cls, saved: dict[str, Any]) -> "PoseModule":
+        saved = upgrade_hyperparameters(saved)
+        return cls(saved["schema"], saved_section(PoseModelParams, saved["model"], "model"),
+                   saved_section(PoseTrainParams, saved["optim"], "optim"))
 
     @property
     def predictor(self) -> KeypointPredictor:
         """The net with its decoding: crops -> keypoints (N, K, 3) (what ``export`` hands over)."""
         model = self.model_params
-        return KeypointPredictor(self.net, model["decode"], model["sigma"] if model["modulate"] else None,
+        return KeypointPredictor(self.net, model.decode, model.sigma if model.modulate else None,
                                  list(self.schema.skeleton), list(self.schema.flip_index),
-                                 model["heatmap_loss"], model["sigma"], model["flip_test"])
+                                 model.heatmap_loss, model.sigma, model.flip_test)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         return self.net(crops)
@@ -88,8 +115,8 @@ class PoseModule(TaskModule):
         if self.net.head_kind == "regression":
             return output, regression_loss(output, keypoints, self.crop_size)
         target, weights = encode_heatmaps(keypoints, self.crop_size, self.net.heatmap_stride,
-                                          self.model_params["sigma"])
-        if self.model_params["heatmap_loss"] == "cross_entropy":
+                                          self.model_params.sigma)
+        if self.model_params.heatmap_loss == "cross_entropy":
             return output, {"loss": heatmap_cross_entropy(output, target, weights)}
         return output, {"loss": heatmap_loss(output, target, weights)}
 

@@ -65,8 +65,7 @@ class Segmentation(TaskFamily):
     def module(self, params: "SegmentationParams", datamodule: Any):
         from visionflow.tasks.segmentation.module import SegmentationModule
 
-        return SegmentationModule(datamodule.class_names, params.model.model_dump(),
-                                  params.train.model_dump())
+        return SegmentationModule(datamodule.class_names, params.model, params.train)
 
     def load_module(self, checkpoint: Path):
         from visionflow.tasks.segmentation.predict import SegmentationModel

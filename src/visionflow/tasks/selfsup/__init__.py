@@ -104,7 +104,7 @@ class Selfsup(TaskFamily):
     def module(self, params: "SelfsupParams", datamodule: Any):
         from visionflow.tasks.selfsup.module import SelfsupModule
 
-        return SelfsupModule(params.model.model_dump(), params.train.model_dump())
+        return SelfsupModule(params.model, params.train)
 
     def load_module(self, checkpoint: Path):
         from visionflow.models.checkpoints import build_from_checkpoint

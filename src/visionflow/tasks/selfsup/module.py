@@ -7,8 +7,9 @@ from typing import Any
 import torch
 
 from visionflow.losses import nt_xent_loss
-from visionflow.tasks.lightning_base import TaskModule
+from visionflow.tasks.lightning_base import TaskModule, saved_section
 from visionflow.tasks.selfsup.contrastive import ContrastiveNet
+from visionflow.tasks.selfsup.params import SelfsupModelParams, SelfsupTrainParams
 
 
 class SelfsupModule(TaskModule):
@@ -19,12 +20,19 @@ class SelfsupModule(TaskModule):
     """
 
     task_name = "selfsup"
+    optim: SelfsupTrainParams
 
-    def __init__(self, model: dict[str, Any], optim: dict[str, Any]):
+    def __init__(self, model: SelfsupModelParams, optim: SelfsupTrainParams):
         super().__init__(optim)
-        self.save_hyperparameters()
-        self.net = ContrastiveNet(tuple(model["channels"]), tuple(model["dilations"]),
-                                  model["projection_hidden"], model["projection_dim"])
+        self.save_hyperparameters({"model": model.model_dump(mode="json"), "optim": optim.model_dump(mode="json")})
+        self.net = ContrastiveNet(tuple(model.channels), tuple(model.dilations), model.projection_hidden,
+                                  model.projection_dim)
+
+    @classmethod
+    def from_hyperparameters(cls, saved: dict[str, Any]) -> "SelfsupModule":
+        """Every key has been saved since the family's first checkpoint: nothing to upgrade."""
+        return cls(saved_section(SelfsupModelParams, saved["model"], "model"),
+                   saved_section(SelfsupTrainParams, saved["optim"], "optim"))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (N, 3, H, W) -> projections (N, projection_dim)."""
@@ -36,7 +44,7 @@ class SelfsupModule(TaskModule):
         # One forward over both views: BatchNorm sees the 2N batch, as in SimCLR.
         projections = self(torch.cat([first, second]))
         z1, z2 = projections.chunk(2)
-        return projections, {"loss": nt_xent_loss(z1, z2, self.optim["temperature"])}
+        return projections, {"loss": nt_xent_loss(z1, z2, self.optim.temperature)}
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         _, losses = self.model_step(batch)

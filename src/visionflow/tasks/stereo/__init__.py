@@ -64,7 +64,7 @@ class Stereo(TaskFamily):
     def module(self, params: "StereoParams", datamodule: Any):
         from visionflow.tasks.stereo.module import StereoModule
 
-        return StereoModule(params.model.model_dump(mode="json"), params.train.model_dump(mode="json"))
+        return StereoModule(params.model, params.train)
 
     def load_module(self, checkpoint: Path):
         from visionflow.models.checkpoints import build_from_checkpoint

@@ -11,16 +11,42 @@ unlabelled pairs joins the synthetic supervised loss.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from visionflow.tasks.lightning_base import TaskModule
+from visionflow.tasks.lightning_base import TaskModule, saved_section
 from visionflow.tasks.stereo.data import StereoBatch
 from visionflow.tasks.stereo.losses import (self_supervised_losses, supervised_disparity_loss,
                                             valid_disparity_mask, volume_distribution_loss)
 from visionflow.tasks.stereo.network import StereoNet
+from visionflow.tasks.stereo.params import StereoModelParams, StereoTrainParams
+
+
+def upgrade_hyperparameters(saved: dict[str, Any]) -> dict[str, Any]:
+    """A stereo checkpoint's saved hyperparameters in today's shape (a copy; the one place
+    older checkpoints are adapted).
+
+    Keys added to ``stereo.model`` / ``stereo.train`` after the first stereo checkpoints were
+    written, filled with the behaviour those checkpoints were trained and evaluated with:
+
+    - ``model.argmin_radius``: None, refinement started from the soft-argmin over every candidate;
+    - ``optim.loss.beta``: 1.0, smooth L1's quadratic zone before it became a key;
+    - ``optim.loss.distribution_weight``: 0.0, no cost-volume distribution loss; with it
+      ``distribution_spread`` 0.5 (its value when added; unused at weight 0).
+    """
+    upgraded = copy.deepcopy(saved)
+    model, optim = upgraded.get("model"), upgraded.get("optim")
+    if isinstance(model, dict):
+        model.setdefault("argmin_radius", None)
+    loss = optim.get("loss") if isinstance(optim, dict) else None
+    if isinstance(loss, dict):
+        loss.setdefault("beta", 1.0)
+        loss.setdefault("distribution_weight", 0.0)
+        loss.setdefault("distribution_spread", 0.5)
+    return upgraded
 
 
 def pad_to_stride(images: torch.Tensor, stride: int) -> tuple[torch.Tensor, int, int]:
@@ -49,17 +75,24 @@ def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
 class StereoModule(TaskModule):
     task_name = "stereo"
 
-    def __init__(self, model: dict[str, Any], optim: dict[str, Any]):
+    optim: StereoTrainParams
+
+    def __init__(self, model: StereoModelParams, optim: StereoTrainParams):
         super().__init__(optim)
-        self.save_hyperparameters()
-        self.net = StereoNet(max_disparity=model["max_disparity"], channels=tuple(model["channels"]),
-                             groups=model["groups"], aggregation_channels=model["aggregation_channels"],
-                             refine_channels=tuple(model["refine_channels"]),
-                             refine_radius=model["refine_radius"], upsample=model["upsample"],
-                             argmin_radius=model.get("argmin_radius"))  # absent from older checkpoints
+        self.save_hyperparameters({"model": model.model_dump(mode="json"), "optim": optim.model_dump(mode="json")})
+        self.net = StereoNet(max_disparity=model.max_disparity, channels=tuple(model.channels),
+                             groups=model.groups, aggregation_channels=model.aggregation_channels,
+                             refine_channels=tuple(model.refine_channels), refine_radius=model.refine_radius,
+                             upsample=model.upsample, argmin_radius=model.argmin_radius)
         to_channels_last(self.net)
-        self.max_disparity = float(model["max_disparity"])
+        self.max_disparity = float(model.max_disparity)
         self.register_buffer("val_sums", torch.zeros(3, dtype=torch.float64), persistent=False)
+
+    @classmethod
+    def from_hyperparameters(cls, saved: dict[str, Any]) -> "StereoModule":
+        saved = upgrade_hyperparameters(saved)
+        return cls(saved_section(StereoModelParams, saved["model"], "model"),
+                   saved_section(StereoTrainParams, saved["optim"], "optim"))
 
     def forward(self, left: torch.Tensor, right: torch.Tensor, with_cost: bool = False
                 ) -> list[torch.Tensor] | tuple[list[torch.Tensor], torch.Tensor]:
@@ -73,26 +106,26 @@ class StereoModule(TaskModule):
         return (disparities, cost) if with_cost else disparities
 
     def _self_supervised_active(self) -> bool:
-        selfsup = self.optim["self_supervised"]
-        return selfsup["source"] is not None and self.current_epoch >= selfsup["start_epoch"]
+        selfsup = self.optim.self_supervised
+        return selfsup.source is not None and self.current_epoch >= selfsup.start_epoch
 
     def model_step(self, batch: StereoBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         predictions, cost = self(batch.left, batch.right, with_cost=True)
-        loss = self.optim["loss"]
-        supervised = supervised_disparity_loss(predictions, batch.disparity, loss["scale_weights"],
-                                               self.max_disparity, loss.get("beta", 1.0))
+        loss = self.optim.loss
+        supervised = supervised_disparity_loss(predictions, batch.disparity, loss.scale_weights,
+                                               self.max_disparity, loss.beta)
         losses = {"supervised": supervised}
-        if loss.get("distribution_weight", 0.0):  # absent from older checkpoints' hyperparameters
+        if loss.distribution_weight:
             losses["distribution"] = volume_distribution_loss(cost, batch.disparity, self.max_disparity,
-                                                              loss["distribution_spread"])
-            supervised = supervised + loss["distribution_weight"] * losses["distribution"]
+                                                              loss.distribution_spread)
+            supervised = supervised + loss.distribution_weight * losses["distribution"]
         if self.training and self._self_supervised_active() and batch.real_left.numel():
-            selfsup = self.optim["self_supervised"]
-            terms = self.self_supervised_step(batch.real_left, batch.real_right, selfsup["ssim_weight"])
-            unsupervised = (terms["photometric"] + selfsup["smoothness"] * terms["smoothness"]
-                            + selfsup["left_right"] * terms["left_right"])
+            selfsup = self.optim.self_supervised
+            terms = self.self_supervised_step(batch.real_left, batch.real_right, selfsup.ssim_weight)
+            unsupervised = (terms["photometric"] + selfsup.smoothness * terms["smoothness"]
+                            + selfsup.left_right * terms["left_right"])
             losses.update(terms)
-            losses["loss"] = selfsup["supervised_weight"] * supervised + selfsup["weight"] * unsupervised
+            losses["loss"] = selfsup.supervised_weight * supervised + selfsup.weight * unsupervised
         else:
             losses["loss"] = supervised
         return predictions[-1], losses
