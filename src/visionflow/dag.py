@@ -329,8 +329,11 @@ def write(root: Path, params: Any) -> bool:
     if target.is_file() and target.read_text() == text:
         return False
     temporary = target.with_name(f".{DVC_YAML}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, target)
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, target)  # readers see the old file or the new one, never half of one
+    finally:
+        temporary.unlink(missing_ok=True)
     return True
 
 
