@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from visionflow.config import TrackingParams, params_hash
+from visionflow.dag import stage_name
+from visionflow.lineage import git_state
 from visionflow.paths import MLFLOW_ARTIFACTS, MLFLOW_DB
 
 TAG_TASK = "visionflow.task"
@@ -32,6 +33,7 @@ TAG_STAGE = "visionflow.stage"
 TAG_DVC_STAGE = "visionflow.dvc_stage"
 TAG_PARAMS_HASH = "visionflow.params_hash"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_GIT_DIRTY = "visionflow.git_dirty"  # "true": the run's code had uncommitted changes
 TAG_METRIC_PREFIX = "visionflow.metric."
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens "custom_model_development" as model training
 TAG_NOTE = "mlflow.note.content"  # the description the UI shows
@@ -69,15 +71,6 @@ logging.getLogger("visionflow").addHandler(STAGE_WARNINGS)
 def tracking_uri(params: TrackingParams, root: Path) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri``, else a SQLite file in the project."""
     return os.environ.get("MLFLOW_TRACKING_URI") or params.uri or f"sqlite:///{(root / MLFLOW_DB).resolve()}"
-
-
-def git_commit(root: Path) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def experiment_name(task: str) -> str:
@@ -181,7 +174,7 @@ class StageRun:
 
     @property
     def dvc_stage(self) -> str:
-        return f"{self.stage}@{self.task}" if self.stage != "acquire" else "acquire"
+        return stage_name(self.stage, None if self.stage == "acquire" else self.task)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -223,12 +216,14 @@ def stage_run(run: StageRun, tracking: TrackingParams, root: Path, parent_run_id
     if resume_run_id is not None and not _run_exists(resume_run_id):
         resume_run_id = None
     flat = flatten(_dump(run.params))
+    commit, dirty = git_state(root)
     tags = {
         TAG_TASK: run.task,
         TAG_STAGE: run.stage,
         TAG_DVC_STAGE: run.dvc_stage,
         TAG_PARAMS_HASH: params_hash(flat),
-        TAG_GIT_COMMIT: git_commit(root),
+        TAG_GIT_COMMIT: commit,
+        TAG_GIT_DIRTY: "unknown" if dirty is None else str(dirty).lower(),
     }
     with mlflow.start_run(run_id=resume_run_id, experiment_id=None if resume_run_id else experiment_id,
                           run_name=None if resume_run_id else run.stage,
@@ -317,6 +312,35 @@ def load_pytorch_model(model_uri: str, params: TrackingParams | None, root: Path
     if params is not None:
         mlflow.set_tracking_uri(tracking_uri(params, root))
     return mlflow.pytorch.load_model(model_uri)
+
+
+def model_version(model_uri: str, params: TrackingParams | None, root: Path) -> dict[str, Any]:
+    """The registered version behind ``models:/<name>@<alias>`` or ``models:/<name>/<version>``.
+
+    Returns ``{"name", "version", "aliases", "run_id", "tags"}``; an unknown name, alias or
+    version is a ``LookupError`` whose message names it.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    if params is not None:
+        mlflow.set_tracking_uri(tracking_uri(params, root))
+    if not model_uri.startswith("models:/"):
+        raise LookupError(f"{model_uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    reference = model_uri[len("models:/"):]
+    client = MlflowClient()
+    try:
+        if "@" in reference:
+            name, alias = reference.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = reference.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+    except (ValueError, mlflow.exceptions.MlflowException) as exc:
+        raise LookupError(f"{model_uri}: not in the registry at {mlflow.get_tracking_uri()} "
+                          f"({str(exc).splitlines()[0]})") from None
+    return {"name": version.name, "version": str(version.version), "aliases": list(version.aliases or []),
+            "run_id": version.run_id, "tags": dict(version.tags)}
 
 
 def log_dataset(folder: Path, manifest: Path, context: str) -> None:
