@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     dag = sub.add_parser("dag", help="write dvc.yaml for the params file (stages, params, deps, outs)")
     dag.add_argument("--check", action="store_true", help="write nothing; fail, naming what differs, if dvc.yaml "
                      "is not what `visionflow dag` would write")
+    lineage = sub.add_parser("lineage", help="print where a registered model came from: commit, data hashes, "
+                             "params hash, backbone, and the commands that rebuild it")
+    lineage.add_argument("model", help="models:/<name>@<alias> or models:/<name>/<version>, "
+                         "e.g. models:/visionflow-segmentation@champion")
+    sub.add_parser("report", help="write reports/index.html (every family's headline metrics, curves, overlays, "
+                   "champion and lineage) and print the headline table")
+    sub.add_parser("summary", help="print every family's headline metrics against target and baseline")
     profile = sub.add_parser("profile", help="print a profile's keys (e.g. params.gpu.yaml) as `dvc exp run` "
                              "flags: dvc exp run $(visionflow profile params.gpu.yaml)")
     profile.add_argument("profile", type=Path, help="a YAML file of params keys to override")
@@ -144,6 +151,19 @@ def run_dag(params, root: Path, check: bool) -> dict:
     return {"dvc.yaml": str(root / dag.DVC_YAML), "written": dag.write(root, params)}
 
 
+def run_lineage(params, root: Path, model_uri: str) -> None:
+    from visionflow.config import ConfigError
+    from visionflow.lineage import describe
+    from visionflow.tracking import model_version
+
+    try:
+        version = model_version(model_uri, params.tracking, root)
+    except LookupError as exc:
+        raise ConfigError(str(exc)) from None
+    print(describe(version, root))
+    return None
+
+
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors about the user's files and params: shown as one clear line, no traceback."""
     from visionflow.config import ConfigError
@@ -193,9 +213,18 @@ def dispatch(args: argparse.Namespace) -> dict:
         return run_profile(params_path, args.profile)
     if args.command == "dag":
         return run_dag(params, root, args.check)
+    if args.command == "lineage":
+        return run_lineage(params, root, args.model)
+    if args.command == "summary":
+        from visionflow.stages.report import summary
+
+        print(summary(params, root))
+        return None
     stage = importlib.import_module(f"visionflow.stages.{args.command}")
     if args.command == "acquire":
         return stage.run(params, root, progress=not args.no_progress)
+    if args.command == "report":
+        return stage.run(params, root)
     params.task(args.task)  # fails early, naming the task, if it is not enabled
     if args.command == "synthesize":
         if args.workers is not None and args.workers < 1:

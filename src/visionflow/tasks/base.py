@@ -73,6 +73,23 @@ class ExportedModel:
     serialization_format: str = "pt2"
 
 
+@dataclass(frozen=True)
+class Headline:
+    """One number a family is judged by.
+
+    ``key``/``baseline``: dotted paths into the family's ``metrics/<task>.json``
+    (``"random_init.linear_probe_accuracy"``); ``target``: the floor (or ceiling when lower is
+    better) the default pipeline must meet, None if the number is shown for context only.
+    """
+
+    key: str
+    label: str
+    target: float | None = None
+    higher_is_better: bool = True
+    baseline: str | None = None
+    baseline_label: str = ""
+
+
 class TaskFamily(ABC):
     """One task family. Subclasses register with ``@register_task``."""
 
@@ -83,6 +100,7 @@ class TaskFamily(ABC):
     higher_is_better: ClassVar[bool] = True
     monitor: ClassVar[str]  # logged validation metric that picks the best checkpoint
     monitor_mode: ClassVar[str] = "max"
+    headlines: ClassVar[tuple[Headline, ...]] = ()  # what the report and `visionflow summary` show
 
     @abstractmethod
     def synthesize(self, params: Any, out_dir: Path, progress: bool = True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from visionflow.tasks import register_task
+from visionflow.tasks.base import Headline
 from visionflow.tasks.boxes import BoxFamily
 from visionflow.tasks.detection.params import DetectionParams
 
@@ -18,6 +19,7 @@ class Detection(BoxFamily):
     name = "detection"
     params_model = DetectionParams
     primary_metric = "AP"
+    headlines = (Headline("AP", "AP", target=0.60), Headline("AP50", "AP50", target=0.90))
     monitor = "val/AP"
     with_masks = False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from visionflow.tasks import register_task
+from visionflow.tasks.base import Headline
 from visionflow.tasks.boxes import BoxFamily
 from visionflow.tasks.instance_segmentation.params import InstanceSegmentationParams
 
@@ -18,6 +19,7 @@ class InstanceSegmentation(BoxFamily):
     name = "instance_segmentation"
     params_model = InstanceSegmentationParams
     primary_metric = "mask_AP"
+    headlines = (Headline("mask_AP", "mask AP", target=0.40), Headline("box_AP", "box AP"))
     monitor = "val/mask_AP"
     with_masks = True
 

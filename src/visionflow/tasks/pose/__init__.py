@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionflow.tasks import register_task
-from visionflow.tasks.base import EvalOutputs, ExportedModel, TaskFamily
+from visionflow.tasks.base import EvalOutputs, ExportedModel, Headline, TaskFamily
 from visionflow.tasks.pose.params import PoseParams
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ class Pose(TaskFamily):
     name = "pose"
     params_model = PoseParams
     primary_metric = "AP"  # OKS AP over OKS 0.50:0.95 (COCO keypoints)
+    headlines = (Headline("AP", "OKS AP", target=0.70), Headline("PCK@0.1", "PCK@0.1"))
     monitor = "val/PCK@0.05"
 
     def synthesize(self, params: "PoseParams", out_dir: Path, progress: bool = True,

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionflow.tasks import register_task
-from visionflow.tasks.base import EvalOutputs, ExportedModel, TaskFamily
+from visionflow.tasks.base import EvalOutputs, ExportedModel, Headline, TaskFamily
 from visionflow.tasks.segmentation.params import SegmentationParams
 
 if TYPE_CHECKING:
@@ -23,6 +23,8 @@ class Segmentation(TaskFamily):
     name = "segmentation"
     params_model = SegmentationParams
     primary_metric = "mIoU"
+    headlines = (Headline("mIoU", "mIoU", target=0.90),
+                 Headline("pixel_accuracy", "pixel accuracy"))
     monitor = "val/mIoU"
 
     def synthesize(self, params: "SegmentationParams", out_dir: Path, progress: bool = True,

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionflow.tasks import register_task
-from visionflow.tasks.base import EvalOutputs, ExportedModel, TaskFamily
+from visionflow.tasks.base import EvalOutputs, ExportedModel, Headline, TaskFamily
 from visionflow.tasks.selfsup.params import SelfsupParams
 
 if TYPE_CHECKING:
@@ -37,6 +37,11 @@ class Selfsup(TaskFamily):
     name = "selfsup"
     params_model = SelfsupParams
     primary_metric = "linear_probe_accuracy"
+    headlines = (Headline("linear_probe_accuracy", "linear probe", baseline="random_init.linear_probe_accuracy",
+                          baseline_label="random init"),
+                 Headline("linear_probe_gain_over_random_init", "gain over random init", target=0.10),
+                 Headline("linear_probe_accuracy", "linear probe", baseline="raw_pixels.linear_probe_accuracy",
+                          baseline_label="raw pixels"))
     monitor = "val/loss"
     monitor_mode = "min"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionflow.tasks import register_task
-from visionflow.tasks.base import EvalOutputs, ExportedModel, TaskFamily
+from visionflow.tasks.base import EvalOutputs, ExportedModel, Headline, TaskFamily
 from visionflow.tasks.stereo.params import StereoParams
 
 if TYPE_CHECKING:
@@ -33,6 +33,9 @@ class Stereo(TaskFamily):
     params_model = StereoParams
     primary_metric = "epe"
     higher_is_better = False
+    headlines = (Headline("epe", "EPE (px)", higher_is_better=False, baseline="sgbm_epe", baseline_label="SGBM"),
+                 Headline("epe_ratio_to_sgbm", "EPE / SGBM's", target=0.75, higher_is_better=False),
+                 Headline("d1", "D1 (%)", higher_is_better=False, baseline="sgbm_d1", baseline_label="SGBM"))
     monitor = "val/epe"
     monitor_mode = "min"
 
