@@ -248,16 +248,11 @@ def _check_unique_keys(node: yaml.Node, path: str, loc: tuple = ()) -> None:
             _check_unique_keys(item, path, (*loc, i))
 
 
-def _yaml_node(text: str) -> yaml.Node | None:
-    """The document's node graph (what the safe loader builds before it merges keys)."""
-    return yaml.SafeLoader(text).get_single_node()
-
-
 def _read_yaml(path: str | Path) -> Any:
     path = Path(path)
     try:
         text = path.read_text()
-        _check_unique_keys(_yaml_node(text), str(path))
+        _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader), str(path))
         return yaml.safe_load(text)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
