@@ -174,3 +174,15 @@ class TaskFamily(ABC):
         calls this with a checkpoint or a ``models:/name@alias`` URI resolved to that module.
         """
         raise NotImplementedError(f"task family {self.name!r} has no predict yet")
+
+    # What ``answer`` reads from a request: one image, or named images (stereo: "left", "right").
+    request_images: ClassVar[tuple[str, ...]] = ("image",)
+
+    def answer(self, model: "torch.nn.Module", images: dict[str, "np.ndarray"], device: "torch.device",
+               **options: Any) -> dict[str, Any]:
+        """The served endpoint's answer (``visionflow serve``): ``model``'s output for one request, as JSON.
+
+        ``images``: uint8 ``(H, W, 3)`` RGB under each name of ``request_images``. Computed by the
+        same code as ``predict``; an input the family cannot take raises ``ImageReadError``.
+        """
+        raise NotImplementedError(f"task family {self.name!r} has no served endpoint")
