@@ -103,3 +103,8 @@ class Segmentation(TaskFamily):
         from visionflow.tasks.segmentation.predict import predict_masks
 
         return predict_masks(model, inputs, out_dir, device)
+
+    def answer(self, model: Any, images: dict, device: "torch.device", **options: Any) -> dict:
+        from visionflow.tasks.segmentation.predict import answer_labels
+
+        return answer_labels(model, images["image"], device)

@@ -48,6 +48,28 @@ class SegmentationModel(nn.Module):
 
 
 @torch.no_grad()
+def segment_image(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> tuple[np.ndarray, int]:
+    """uint8 RGB (H, W, 3) -> uint8 class index per pixel (H, W) and the number of classes C."""
+    logits = model(image_to_tensor(image)[None].to(device))
+    return logits.argmax(1)[0].cpu().numpy().astype(np.uint8), int(logits.shape[1])
+
+
+def answer_labels(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> dict:
+    """The served answer: per class present, its pixel count and mask as COCO RLE (``size`` is [H, W]).
+
+    Class names come from the model's ``class_names`` when it carries them, else ``class_<i>``.
+    """
+    from visionflow.data.coco import encode_mask
+
+    labels, num_classes = segment_image(model, image, device)
+    names = list(getattr(model, "class_names", None) or [f"class_{i}" for i in range(num_classes)])
+    present, counts = np.unique(labels, return_counts=True)
+    return {"height": int(labels.shape[0]), "width": int(labels.shape[1]), "class_names": names,
+            "classes": [{"index": int(c), "name": names[c], "pixels": int(n), "rle": encode_mask(labels == c)}
+                        for c, n in zip(present, counts)]}
+
+
+@torch.no_grad()
 def predict_masks(model: torch.nn.Module, images: list[Path], out_dir: Path,
                   device: torch.device) -> list[Path]:
     """For each image: ``<stem>_labels.png`` (class index per pixel) and ``<stem>_overlay.png``
@@ -60,9 +82,8 @@ def predict_masks(model: torch.nn.Module, images: list[Path], out_dir: Path,
     written = []
     for path, stem in zip(images, output_stems(images)):
         image = read_rgb(path)
-        logits = model(image_to_tensor(image)[None].to(device))
-        labels = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        colours = palette(logits.shape[1])
+        labels, num_classes = segment_image(model, image, device)
+        colours = palette(num_classes)
         for suffix, picture in (("labels", labels), ("overlay", overlay_labels(image, labels, colours))):
             target = out_dir / f"{stem}_{suffix}.png"
             write_png(target, picture)
