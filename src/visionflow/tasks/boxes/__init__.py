@@ -150,6 +150,11 @@ class BoxFamily(TaskFamily):
 
         return predict_detections(model, inputs, out_dir, device, self.with_masks)
 
+    def answer(self, model: Any, images: dict, device: "torch.device", **options: Any) -> dict:
+        from visionflow.tasks.boxes.predict import answer_detections
+
+        return answer_detections(model, images["image"], device, self.with_masks)
+
 
 def _named_detector(module: Any, category_ids: list[int]) -> Any:
     detector = module.detector.eval()
