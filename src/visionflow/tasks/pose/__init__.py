@@ -140,6 +140,12 @@ class Pose(TaskFamily):
             detector = project_detector(device)
         return predict_keypoints(model, inputs, out_dir, device, detector)
 
+    def answer(self, model: Any, images: dict, device: "torch.device", detector: Any = "project",
+               **options: Any) -> dict:
+        from visionflow.tasks.pose.predict import answer_keypoints
+
+        return answer_keypoints(model, images["image"], device, detector)
+
 
 def _crop_geometry(module: Any):
     from visionflow.tasks.pose.data import CropGeometry
