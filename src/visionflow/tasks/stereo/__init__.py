@@ -108,3 +108,10 @@ class Stereo(TaskFamily):
         from visionflow.tasks.stereo.predict import predict_disparity
 
         return predict_disparity(model, inputs, out_dir, device)
+
+    request_images = ("left", "right")
+
+    def answer(self, model: Any, images: dict, device: "torch.device", **options: Any) -> dict:
+        from visionflow.tasks.stereo.predict import answer_disparity
+
+        return answer_disparity(model, images["left"], images["right"], device)

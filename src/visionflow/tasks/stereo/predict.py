@@ -29,6 +29,32 @@ def trained_range(model: torch.nn.Module) -> float:
 
 
 @torch.no_grad()
+def pair_disparity(model: torch.nn.Module, left: np.ndarray, right: np.ndarray, device: torch.device,
+                   trained_max: float, search: float | None = None, left_name: str = "left",
+                   right_name: str = "right") -> np.ndarray:
+    """uint8 RGB (H, W, 3) rectified left and right -> float32 disparity (H, W), left-image pixels;
+    ``search``: the disparity range to search (None: probed)."""
+    if left.shape != right.shape:
+        raise ImageReadError(f"{right_name}: right image is {right.shape[1]}x{right.shape[0]}, left "
+                             f"image {left_name} is {left.shape[1]}x{left.shape[0]}")
+    disparity = infer_disparity(model, pair_tensor(left, right).to(device), trained_max, search)
+    return disparity[0, 0].cpu().numpy().astype(np.float32)
+
+
+def answer_disparity(model: torch.nn.Module, left: np.ndarray, right: np.ndarray, device: torch.device) -> dict:
+    """The served answer: disparity (left-image px, range probed) as a compact array, ``data`` the
+    base64 of its little-endian float16 bytes in row-major order, with its min and max (float32)."""
+    import base64
+
+    model = model.to(device)
+    disparity = pair_disparity(model, left, right, device, trained_range(model))
+    return {"height": int(disparity.shape[0]), "width": int(disparity.shape[1]),
+            "disparity": {"shape": list(disparity.shape), "dtype": "float16", "unit": "pixels",
+                          "data": base64.b64encode(disparity.astype("<f2").tobytes()).decode("ascii"),
+                          "min": float(disparity.min()), "max": float(disparity.max())}}
+
+
+@torch.no_grad()
 def predict_disparity(model: torch.nn.Module, inputs: list[Path], out_dir: Path,
                       device: torch.device) -> list[Path]:
     """``inputs``: LEFT RIGHT [LEFT RIGHT ...] rectified pairs.
@@ -47,14 +73,10 @@ def predict_disparity(model: torch.nn.Module, inputs: list[Path], out_dir: Path,
     written = []
     lefts = list(inputs[0::2])
     for left_path, right_path, left_stem in zip(lefts, inputs[1::2], output_stems(lefts)):
-        left, right = read_rgb(left_path), read_rgb(right_path)
-        if left.shape != right.shape:
-            raise ImageReadError(f"{right_path}: right image is {right.shape[1]}x{right.shape[0]}, left "
-                                 f"image {left_path} is {left.shape[1]}x{left.shape[0]}")
         calib = Path(left_path).parent / "calib.txt"
         search = read_calib_ndisp(calib) if calib.is_file() else None
-        disparity = infer_disparity(model, pair_tensor(left, right).to(device), trained_max, search)
-        disparity = disparity[0, 0].cpu().numpy().astype(np.float32)
+        disparity = pair_disparity(model, read_rgb(left_path), read_rgb(right_path), device, trained_max, search,
+                                   str(left_path), str(right_path))
         stem = out_dir / f"{left_stem}_disparity"
         write_pfm(stem.with_suffix(".pfm"), disparity)
         write_png(stem.with_suffix(".png"), disparity_colour(disparity, float(disparity.max()) or 1.0))
