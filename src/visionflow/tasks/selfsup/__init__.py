@@ -148,7 +148,21 @@ class Selfsup(TaskFamily):
         """Images ``(N, 3, H, W)`` in [0, 1] -> pooled encoder embeddings ``(N, D)``."""
         return module.net.embedding.eval()
 
+    def with_inference_network(self, module: Any, network: Any) -> Any:
+        module.net.embedding = network
+        return module
+
+    def parity_params(self, params: Any) -> Any:
+        """Without the label-efficiency runs: they train from the encoder's weights, not the export."""
+        evaluate = params.evaluate.model_copy(update={"label_fractions": []})
+        return params.model_copy(update={"evaluate": evaluate})
+
     def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device") -> list[Path]:
         from visionflow.tasks.selfsup.predict import predict_embeddings
 
         return predict_embeddings(model, inputs, out_dir, device)
+
+    def answer(self, model: Any, images: dict, device: "torch.device", **options: Any) -> dict:
+        from visionflow.tasks.selfsup.predict import answer_embedding
+
+        return answer_embedding(model, images["image"], device)

@@ -5,10 +5,24 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from visionflow.data.batching import image_to_tensor
 from visionflow.data.images import read_rgb
+
+
+@torch.no_grad()
+def embed_image(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> list[float]:
+    """uint8 RGB (H, W, 3) -> its embedding (D floats), the image at its own size."""
+    return model(image_to_tensor(image).unsqueeze(0).to(device))[0].cpu().tolist()
+
+
+def answer_embedding(model: torch.nn.Module, image: np.ndarray, device: torch.device) -> dict:
+    """The served answer: the pooled encoder output of the image, full float32 precision."""
+    embedding = embed_image(model.to(device), image, device)
+    return {"height": int(image.shape[0]), "width": int(image.shape[1]), "dim": len(embedding),
+            "embedding": embedding}
 
 
 @torch.no_grad()
@@ -22,8 +36,7 @@ def predict_embeddings(model: torch.nn.Module, inputs: list[Path], out_dir: Path
     model = model.to(device)  # export() hands over eval-mode modules
     rows = []
     for path in inputs:
-        image = image_to_tensor(read_rgb(path)).unsqueeze(0).to(device)
-        rows.append([str(path), *(f"{v:.6g}" for v in model(image)[0].cpu().tolist())])
+        rows.append([str(path), *(f"{v:.6g}" for v in embed_image(model, read_rgb(path), device))])
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / "embeddings.csv"
     with open(target, "w", newline="") as f:
