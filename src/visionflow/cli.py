@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "if the project has one)")
     predict.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
     predict.add_argument("inputs", nargs="+", type=Path, help="input files (e.g. images)")
+    serve = sub.add_parser("serve", help="answer POST /invocations (an image, or a stereo pair) with the model's "
+                           "output as JSON (docs/serving.md)")
+    serve.add_argument("--task", required=True)
+    serve.add_argument("--model", help="as for predict (default: models/<task>/best.ckpt)")
+    serve.add_argument("--detector", help="pose: as for predict")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8080, help="default: 8080; 0: any free port")
     coco = sub.add_parser("coco-eval", help="score a COCO results file against COCO ground truth "
                           "(prints JSON; no params file needed)")
     coco.add_argument("ground_truth", type=Path)
@@ -139,6 +146,32 @@ def run_predict(params, root: Path, args: argparse.Namespace) -> dict:
     return {"model": model_ref, "written": [str(p) for p in written]}
 
 
+def run_serve(params, root: Path, args: argparse.Namespace) -> None:
+    """Load the model as ``predict`` does, then serve it until interrupted."""
+    import torch
+
+    from visionflow.config import ConfigError
+    from visionflow.paths import TaskPaths
+    from visionflow.runtime import device_type
+    from visionflow.serve import serve
+    from visionflow.tasks import get_task
+
+    if args.detector is not None and args.task != "pose":
+        raise ConfigError(f"--detector: only pose crops boxes from a detector, not {args.task}")
+    try:
+        family = get_task(args.task)
+    except KeyError as exc:
+        raise ConfigError(f"--task: {exc.args[0]}") from None
+    model_ref = args.model or str(TaskPaths(args.task, root).best_checkpoint)
+    device = torch.device(device_type(params.trainer.accelerator if params is not None else "auto"))
+    options = {}
+    if args.detector is not None:
+        options["detector"] = (None if args.detector == "none" else
+                               load_model(params, root, "detection", args.detector).to(device).eval())
+    serve(family, load_model(params, root, args.task, model_ref), device, args.host, args.port, options, model_ref)
+    return None
+
+
 def run_dag(params, root: Path, check: bool) -> dict:
     from visionflow import dag
     from visionflow.config import ConfigError
@@ -206,6 +239,8 @@ def dispatch(args: argparse.Namespace) -> dict:
     if args.command == "predict":
         # A checkpoint is all predict needs: a folder holding only a model file will do.
         return run_predict(load_params(params_path) if params_path.is_file() else None, root, args)
+    if args.command == "serve":
+        return run_serve(load_params(params_path) if params_path.is_file() else None, root, args)
     params = load_params(params_path)
     if args.command == "check-params":
         return {"tasks": params.tasks}
