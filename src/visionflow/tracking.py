@@ -391,6 +391,17 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+def log_onnx(onnx_dir: Path, parity: Mapping[str, Any]) -> None:
+    """Log evaluate's ONNX export (``model.onnx`` or ``error.txt``) to the active run under
+    ``onnx/``, its exporter and parity verdict as tags; the numbers come with the test metrics."""
+    import mlflow
+
+    log_artifacts(sorted(Path(onnx_dir).glob("*")), "onnx")
+    mlflow.set_tags({"onnx.exporter": parity.get("exporter", "none"),
+                     "onnx.parity": "error" if "error" in parity else
+                     ("passed" if parity.get("passed") else "failed")})
+
+
 @dataclass(frozen=True)
 class Registration:
     model_name: str

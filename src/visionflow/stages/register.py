@@ -16,7 +16,7 @@ from visionflow.dag import stage_name
 from visionflow.lineage import provenance
 from visionflow.paths import TaskPaths, read_stage_json
 from visionflow.tasks import get_task
-from visionflow.tracking import (TAG_PARAMS_HASH, StageRun, log_metrics, log_pytorch_model,
+from visionflow.tracking import (TAG_PARAMS_HASH, StageRun, log_metrics, log_onnx, log_pytorch_model,
                                  metric_values, register_model, run_tag, stage_run)
 
 
@@ -31,6 +31,7 @@ def run(params: Params, task: str, root: Path) -> dict:
         lineage = model_provenance(params, task, root, train_summary)
         model = log_pytorch_model(exported, name=task, params=lineage, tags={"family": task})
         log_metrics(metrics, prefix="test/", model_id=model.model_id)
+        log_onnx(paths.onnx_dir, metrics.get("onnx", {"error": "no ONNX parity in the metrics"}))
         primary = float(metrics[family.primary_metric])
         description = (f"{task} model trained by run {train_summary['mlflow_run_id']} on "
                        f"{lineage['data']}, params {lineage['params_hash']}, commit {lineage['commit'][:12]}; "
