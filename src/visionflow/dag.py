@@ -252,11 +252,13 @@ def _family_specs(paths: TaskPaths) -> dict[str, StageSpec]:
                                  {_p(paths.train_summary): uncached}, _p(paths.train_curves_png)),
                            plots=({_p(paths.train_curves_csv): {"cache": False, "x": "epoch"}},),
                            data=(manifest, raw, _p(paths.pretrained_dir))),
-        "evaluate": StageSpec(outs=(_p(paths.eval_reports),), metrics=({_p(paths.metrics): uncached},),
+        "evaluate": StageSpec(outs=(_p(paths.eval_reports), _p(paths.onnx_dir)),
+                              metrics=({_p(paths.metrics): uncached},),
                               plots=({_p(paths.eval_plots): uncached},),
                               data=(_p(paths.best_checkpoint), manifest, raw)),
         "register": StageSpec(outs=({_p(paths.registered): uncached},), extra_code=("tracking.py",),
-                              data=(_p(paths.best_checkpoint), _p(paths.metrics), manifest, raw)),
+                              data=(_p(paths.best_checkpoint), _p(paths.metrics), _p(paths.onnx_dir),
+                                    manifest, raw)),
     }
 
 

@@ -59,6 +59,12 @@ class TaskPaths:
     last_checkpoint = models / "last.ckpt"
     train_summary = models / "train.json"
     registered = models / "registered.json"
+    onnx_dir = _ProjectPath(
+        "models/{task}/onnx",
+        """Evaluate's ONNX export (metrics' ``onnx`` holds its parity check): ``model.onnx``, or
+        ``error.txt`` saying why the network did not export (a folder, so the out always exists).""")
+    onnx_model = onnx_dir / "model.onnx"
+    onnx_error = onnx_dir / "error.txt"
     plots = _ProjectPath("plots/{task}")
     train_curves_csv = plots / "train.csv"
     eval_plots = plots / "eval"
@@ -72,6 +78,9 @@ class TaskPaths:
         """What this family's training starts from: a folder in git (so DVC can always depend on
         it) that the ``pretrained-<task>`` stage fills when params.yaml's ``pretrained`` names one.""")
     pretrained_backbone = pretrained_dir / "backbone.pt"
+    onnx_scratch = _ProjectPath(
+        f"{SCRATCH_DIR.as_posix()}/onnx/{{task}}",
+        "Pictures of the ONNX parity evaluation: kept apart from the PyTorch evaluation's outs.")
     train_scratch = _ProjectPath(
         f"{SCRATCH_DIR.as_posix()}/train/{{task}}",
         "Resumable checkpoints of unfinished runs, keyed by a hash of what they depend on.")

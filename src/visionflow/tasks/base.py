@@ -147,6 +147,19 @@ class TaskFamily(ABC):
     def export(self, module: Any, data_root: Path) -> ExportedModel:
         ...
 
+    def with_inference_network(self, module: Any, network: "torch.nn.Module") -> Any:
+        """``module`` (from :meth:`load_module`) with ``network`` in place of
+        :meth:`inference_module`'s network, so that :meth:`evaluate` scores ``network``'s
+        outputs (an ONNX copy run by onnxruntime: :mod:`visionflow.export`). May change
+        ``module`` in place: pass a freshly loaded one. Default: the family cannot.
+        """
+        raise NotImplementedError(f"task family {self.name!r} cannot evaluate an exported network")
+
+    def parity_params(self, params: Any) -> Any:
+        """``params`` for the export parity evaluation: families drop work there that does not
+        run the exported network (a training run, another baseline). Default: unchanged."""
+        return params
+
     def start_from_backbone(self, module: "L.LightningModule", backbone: Path) -> None:
         """Load a pretrained backbone file into ``module``'s encoder before training (in place).
 

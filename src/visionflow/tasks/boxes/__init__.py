@@ -145,6 +145,10 @@ class BoxFamily(TaskFamily):
                                   f"visionflow); retrain with `visionflow train --task {self.name}`")
         return _named_detector(module, module.category_ids)
 
+    def with_inference_network(self, module: Any, network: Any) -> Any:
+        module.detector = network
+        return module
+
     def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device") -> list[Path]:
         from visionflow.tasks.boxes.predict import predict_detections
 

@@ -120,6 +120,10 @@ class Pose(TaskFamily):
         skeleton and flip pairs as buffers."""
         return module.predictor.eval()
 
+    def with_inference_network(self, module: Any, network: Any) -> Any:
+        module.predictor = network
+        return module
+
     def upstream(self, params: Any) -> dict[str, list[str]]:
         """With ``evaluate.boxes: detection``, evaluate crops the boxes that the detection family's
         best checkpoint finds, run through that family's code (looked up by name, not imported).

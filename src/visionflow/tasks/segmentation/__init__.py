@@ -99,6 +99,10 @@ class Segmentation(TaskFamily):
         """Images ``(N, 3, H, W)`` in [0, 1] -> logits ``(N, C, H, W)``, C = classes + background."""
         return module.net.eval()
 
+    def with_inference_network(self, module: Any, network: Any) -> Any:
+        module.net = network
+        return module
+
     def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device") -> list[Path]:
         from visionflow.tasks.segmentation.predict import predict_masks
 

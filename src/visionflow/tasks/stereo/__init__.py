@@ -104,6 +104,11 @@ class Stereo(TaskFamily):
 
         return StereoInference(module.net).eval()
 
+    def with_inference_network(self, module: Any, network: Any) -> Any:
+        """``network`` maps pairs to disparity like :meth:`inference_module`'s whole wrapper."""
+        module.inference_network = network
+        return module
+
     def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device") -> list[Path]:
         from visionflow.tasks.stereo.predict import predict_disparity
 

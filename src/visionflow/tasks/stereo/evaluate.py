@@ -201,7 +201,9 @@ def evaluate_stereo(module: Any, params: StereoParams, data_root: Path, out: Eva
     """Metrics of every named split; the top-level keys are the first split's (the primary one)."""
     out.reports_dir.mkdir(parents=True, exist_ok=True)
     out.plots_dir.mkdir(parents=True, exist_ok=True)
-    model = StereoInference(module.net).to(device).eval()
+    # an exported copy where the parity check put one (StereoFamily.with_inference_network)
+    exported = getattr(module, "inference_network", None)
+    model = (StereoInference(module.net) if exported is None else exported).to(device).eval()
     trained_max = float(module.max_disparity)
     refs = [(params.data.source, params.data.test_split)]
     refs += [(s.source, s.split) for s in params.evaluate.splits if (s.source, s.split) not in refs]
