@@ -74,7 +74,7 @@ def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path
     assert {"val/mIoU", "test/mIoU"} <= set(train_run.data.metrics)  # the training run shows its test score
     assert train_run.data.params["segmentation.train.lr"] == "0.006"
     for run in runs:
-        assert run.data.tags["visionflow.dvc_stage"].endswith("@segmentation")
+        assert run.data.tags["visionflow.dvc_stage"].endswith("-segmentation")
         assert len(run.data.tags["visionflow.params_hash"]) == 12
     champion = client.get_model_version_by_alias("visionflow-segmentation", "champion")
     assert str(champion.version) == "1"
