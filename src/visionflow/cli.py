@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--detector", help="pose: as for predict")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8080, help="default: 8080; 0: any free port")
+    export = sub.add_parser("export", help="write a trained model as ONNX (docs/export.md)")
+    export.add_argument("--task", required=True)
+    export.add_argument("--format", choices=("onnx",), default="onnx")
+    export.add_argument("--model", help="as for predict (default: models/<task>/best.ckpt)")
+    export.add_argument("--out", type=Path, help="default: models/<task>/onnx/model.onnx")
     coco = sub.add_parser("coco-eval", help="score a COCO results file against COCO ground truth "
                           "(prints JSON; no params file needed)")
     coco.add_argument("ground_truth", type=Path)
@@ -184,6 +189,29 @@ def run_dag(params, root: Path, check: bool) -> dict:
     return {"dvc.yaml": str(root / dag.DVC_YAML), "written": dag.write(root, params)}
 
 
+def run_export(params, root: Path, args: argparse.Namespace) -> dict:
+    """ONNX of a checkpoint or a ``models:/`` URI (loaded by :func:`load_model`). The example
+    input that traces it comes from the family's test split, shaped by the project's checkpoint
+    when the model is a URI (an MLflow model carries no dataset)."""
+    import dataclasses
+
+    from visionflow.export import export_onnx
+    from visionflow.paths import TaskPaths
+    from visionflow.tasks import get_task
+
+    family, section, paths = get_task(args.task), params.task(args.task), TaskPaths(args.task, root)
+    model_ref = args.model or str(paths.best_checkpoint)
+    data_root = paths.data_root(section.data.source)
+    if "://" in model_ref or model_ref.startswith("models:/"):
+        example = family.export(family.load_module(paths.best_checkpoint), data_root)
+        exported = dataclasses.replace(example, module=load_model(params, root, args.task, model_ref))
+    else:
+        exported = family.export(family.load_module(Path(model_ref)), data_root)
+    written = export_onnx(exported, args.out or paths.onnx_model)
+    return {"model": model_ref, "onnx": str(written.path), "exporter": written.exporter,
+            **({"dynamo_error": written.dynamo_error} if written.dynamo_error else {})}
+
+
 def run_lineage(params, root: Path, model_uri: str) -> None:
     from visionflow.config import ConfigError
     from visionflow.lineage import describe
@@ -250,6 +278,8 @@ def dispatch(args: argparse.Namespace) -> dict:
         return run_dag(params, root, args.check)
     if args.command == "lineage":
         return run_lineage(params, root, args.model)
+    if args.command == "export":
+        return run_export(params, root, args)
     if args.command == "summary":
         from visionflow.stages.report import summary
 

@@ -1,0 +1,88 @@
+"""ONNX export: onnxruntime agrees with PyTorch, at other batch and image sizes too, and the
+evaluate stage scores the ONNX copy with the family's own metric (issue 31)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from visionflow.export import OnnxNetwork, export_onnx, onnx_parity
+from visionflow.models.unet import UNet
+from visionflow.tasks import get_task, task_names
+from visionflow.tasks.base import EvalOutputs, ExportedModel
+
+
+def tiny_unet_export() -> ExportedModel:
+    torch.manual_seed(0)
+    net = UNet(3, channels=(4, 8), dilations=(1,)).eval()
+    example = torch.rand(2, 3, 32, 32).numpy()
+    return ExportedModel(net, example, (-1, 3, -1, -1), (-1, 3, -1, -1))
+
+
+def test_onnx_matches_torch_on_two_batch_sizes_and_another_image_size(tmp_path):
+    exported = tiny_unet_export()
+    written = export_onnx(exported, tmp_path / "unet.onnx")
+    assert written.exporter in ("dynamo", "torchscript") and written.path.is_file()
+    network = OnnxNetwork(written.path, reference=exported.module)
+    for shape in [(1, 3, 32, 32), (3, 3, 32, 32), (2, 3, 48, 64)]:
+        x = torch.rand(shape)
+        got = network(x)
+        with torch.no_grad():
+            want = exported.module(x)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4)
+    assert network.calls == 3 and network.max_abs_diff < 1e-4
+
+
+class _CannotSwap:
+    """A family whose network exports but that cannot evaluate an exported copy."""
+
+    primary_metric = "mIoU"
+
+    def load_module(self, checkpoint):
+        return None
+
+    def export(self, module, data_root):
+        return tiny_unet_export()
+
+    def with_inference_network(self, module, network):
+        raise NotImplementedError("task family 'x' cannot evaluate an exported network")
+
+
+def test_a_family_that_cannot_swap_says_why_in_one_line(tmp_path):
+    out = EvalOutputs(tmp_path / "plots", tmp_path / "reports")
+    family = _CannotSwap()
+    family.inference_module = lambda module: tiny_unet_export().module
+    block = onnx_parity(family, None, tmp_path / "best.ckpt", tmp_path, tmp_path / "m.onnx", out,
+                        torch.device("cpu"), {"mIoU": 0.5}, 0.005)
+    assert block == {"error": "NotImplementedError: task family 'x' cannot evaluate an exported network"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", task_names())
+def test_evaluate_stage_checks_onnx_parity(task, tmp_path, project_env):
+    """One tiny epoch, then the real evaluate stage: its ``onnx`` block, the file, and the
+    PyTorch evaluation's pictures left alone by the ONNX one."""
+    from test_predict_standalone import train_tiny
+
+    from conftest import tiny_params_dict
+    from visionflow.config import parse_params
+    from visionflow.paths import TaskPaths
+    from visionflow.stages import evaluate
+
+    project = tmp_path / "project"
+    train_tiny(task, project)
+    params = parse_params(tiny_params_dict(tasks=[task]))
+    metrics = evaluate.run(params, task, project)
+    paths = TaskPaths(task, project)
+    block = metrics["onnx"]
+    assert "error" not in block, block
+    assert block["passed"], block
+    assert paths.onnx_model.is_file()
+    assert json.loads(paths.metrics.read_text())["onnx"] == block
+    # the ONNX evaluation's pictures go to scratch, not over the PyTorch evaluation's outs
+    assert paths.onnx_scratch.is_dir() and any(paths.eval_reports.iterdir())
+    assert get_task(task).primary_metric in block
