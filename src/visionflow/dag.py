@@ -50,8 +50,8 @@ REGENERATE = "visionflow dag"
 
 # Relative to PACKAGE_ROOT. A stage names one of them as extra code when it does shape an
 # output there (register: tracking.py registers the model).
-GLUE = frozenset({"__init__.py", "env.py", "config.py", "paths.py", "cli.py", "dag.py", "tracking.py",
-                  "tasks/__init__.py"})
+GLUE = frozenset({"__init__.py", "env.py", "config.py", "config_errors.py", "paths.py", "cli.py", "dag.py",
+                  "tracking.py", "tasks/__init__.py"})
 
 # The family method run by the synthesize stage: the only stage that follows it.
 GENERATOR_METHOD = "synthesize"
