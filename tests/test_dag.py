@@ -167,15 +167,16 @@ def test_dvc_puts_pose_evaluate_after_detection_training_when_it_crops_detected_
 
 def test_dvc_status_after_editing_centernet_or_retraining_detection(tmp_path, project_env):
     """A temp DVC repo with the package copied in, every stage's outputs faked and committed
-    (nothing trained): editing models/centernet.py leaves stereo, segmentation, selfsup and
-    pose's training up to date; a new detection model changes pose's evaluate."""
+    (nothing trained): editing models/centernet.py leaves stereo, segmentation and pose's
+    training up to date; a new detection model changes pose's evaluate."""
     from conftest import tiny_params_dict
 
     project = tmp_path / "project"
     shutil.copytree(REPO / "src" / "visionflow", project / "src" / "visionflow",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "pretrained", project / "pretrained")
-    write_project_params(project, tiny_params_dict(tasks=task_names(), pose={"evaluate": {"boxes": "detection"}}))
+    write_project_params(project, tiny_params_dict(tasks=["segmentation", "detection", "pose", "stereo"],
+                                                   pose={"evaluate": {"boxes": "detection"}}))
     for body in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values():
         for entry in body.get("outs", []) + body.get("metrics", []) + body.get("plots", []):
             path = project / (entry if isinstance(entry, str) else next(iter(entry)))
