@@ -86,3 +86,18 @@ def test_evaluate_stage_checks_onnx_parity(task, tmp_path, project_env):
     # the ONNX evaluation's pictures go to scratch, not over the PyTorch evaluation's outs
     assert paths.onnx_scratch.is_dir() and any(paths.eval_reports.iterdir())
     assert get_task(task).primary_metric in block
+
+
+def test_reading_as_hides_a_read_only_property():
+    from visionflow.tasks.base import reading_as
+
+    class WithDetector(torch.nn.Module):
+        @property
+        def detector(self) -> torch.nn.Module:
+            return torch.nn.Identity()
+
+    module, replacement = WithDetector(), torch.nn.ReLU()
+    module.detector = replacement  # what a plain assignment does: the property still wins
+    assert not isinstance(module.detector, torch.nn.ReLU)
+    assert reading_as(module, "detector", replacement).detector is replacement
+    assert isinstance(module, WithDetector) and not isinstance(WithDetector().detector, torch.nn.ReLU)

@@ -147,6 +147,9 @@ def onnx_parity(family: "TaskFamily", params: Any, checkpoint: Path, data_root: 
         metrics = family.evaluate(family.parity_params(params), swapped, data_root, out, device)
     except Exception as exc:  # noqa: BLE001 - one line in the metrics instead of a failed stage
         return {"error": _first_line(exc)}
+    if network.calls == 0:  # a swap that did not take would score PyTorch twice and pass
+        return {"error": f"{family.name}'s evaluate never ran the ONNX network: with_inference_network "
+                         f"did not replace the network it calls"}
     from_torch, from_onnx = _number(torch_metrics, key), _number(metrics, key)
     if from_torch is None or from_onnx is None:
         relative = math.nan

@@ -46,6 +46,16 @@ def output_stems(inputs: list[Path]) -> list[str]:
     return unique
 
 
+def reading_as(module: Any, name: str, value: Any) -> Any:
+    """``module`` (changed in place) whose attribute ``name`` now reads ``value``, also where
+    ``name`` is a read-only property (``detector``, ``predictor``) that assigning would not hide:
+    the instance gets a subclass of its class with that property."""
+    cls = type(module)
+    module.__class__ = type(cls.__name__, (cls,), {name: property(lambda self: value),
+                                                    "__module__": cls.__module__})
+    return module
+
+
 @dataclass(frozen=True)
 class EvalOutputs:
     """Where ``evaluate`` writes besides the returned metrics."""

@@ -146,8 +146,9 @@ class BoxFamily(TaskFamily):
         return _named_detector(module, module.category_ids)
 
     def with_inference_network(self, module: Any, network: Any) -> Any:
-        module.detector = network
-        return module
+        from visionflow.tasks.base import reading_as
+
+        return reading_as(module, "detector", network)  # a property: assigning would not hide it
 
     def predict(self, model: Any, inputs: list[Path], out_dir: Path, device: "torch.device") -> list[Path]:
         from visionflow.tasks.boxes.predict import predict_detections

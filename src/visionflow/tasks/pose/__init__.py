@@ -121,8 +121,9 @@ class Pose(TaskFamily):
         return module.predictor.eval()
 
     def with_inference_network(self, module: Any, network: Any) -> Any:
-        module.predictor = network
-        return module
+        from visionflow.tasks.base import reading_as
+
+        return reading_as(module, "predictor", network)  # a property: assigning would not hide it
 
     def upstream(self, params: Any) -> dict[str, list[str]]:
         """With ``evaluate.boxes: detection``, evaluate crops the boxes that the detection family's
