@@ -84,7 +84,7 @@ def make_server(family: Any, model: Any, device: Any, host: str = "127.0.0.1", p
     """
     from visionflow.data.images import ImageReadError
 
-    model = model.to(device).eval()
+    model = model.to(device)  # in eval mode already (``inference_module``); torch.export's copy refuses .eval()
     options = dict(options or {})
     lock = threading.Lock()
 
