@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
+import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -21,6 +23,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
+from conftest import BIN
 from visionflow.config import TrainerParams
 from visionflow.data.disparity import read_pfm
 from visionflow.data.images import read_rgb, write_png
@@ -168,3 +171,40 @@ def test_bad_requests_get_one_line_400s(tiny_params, tmp_path):
             status, answer = post(url, body, content_type)
             assert status == 400 and expected in answer["error"], (expected, answer)
             assert "Traceback" not in answer["error"] and "\n" not in answer["error"]
+    with running(get_task("segmentation"), torch.nn.Identity()) as url:
+        status, answer = post(url, b"GIF89a not a png", "image/png")
+        assert status == 400 and answer["error"].startswith("body: not an image"), answer
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"{url}/nowhere", timeout=30)
+
+
+def test_serve_command_names_a_bad_task_or_option(project_env, tmp_path):
+    for args, expected in ((["--task", "segmentaton"], "--task"),
+                           (["--task", "detection", "--detector", "none"], "--detector")):
+        result = subprocess.run([str(BIN / "visionflow"), "serve", *args, "--port", "0"], cwd=tmp_path,
+                                env=project_env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and expected in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_serve_command_answers_for_a_trained_checkpoint(tmp_path, project_env):
+    """``visionflow serve`` as a user starts it: a checkpoint alone, any free port, then a PNG."""
+    from test_predict_standalone import train_tiny
+
+    checkpoint = train_tiny("segmentation", tmp_path / "project")
+    image = sorted((tmp_path / "project").rglob("*.png"))[0]
+    server = subprocess.Popen([str(BIN / "visionflow"), "serve", "--task", "segmentation", "--model", str(checkpoint),
+                               "--port", "0"], cwd=tmp_path, env=project_env, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in server.stderr:
+            found = re.search(r"on (http://127\.0\.0\.1:\d+)/invocations", line)
+            if found:
+                break
+        else:
+            pytest.fail("the server did not say where it listens")
+        status, answer = post(found.group(1), image.read_bytes(), "image/png")
+        assert status == 200 and answer["task"] == "segmentation", answer
+        assert sum(c["pixels"] for c in answer["classes"]) == answer["height"] * answer["width"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
