@@ -32,11 +32,14 @@ DIM_NAMES = ("batch", "channels", "height", "width")
 @dataclass(frozen=True)
 class OnnxExport:
     """Where the ONNX file went and which exporter wrote it (``dynamo`` or ``torchscript``);
-    ``dynamo_error``: why the dynamo exporter was not used (first line), if it was not."""
+    ``dynamo_error``: why the dynamo exporter was not used (first line), if it was not;
+    ``dynamic_batch``: False where the graph takes one image per run (a trace that baked the
+    example's batch size in: :class:`OnnxNetwork` then runs a batch image by image)."""
 
     path: Path
     exporter: str
     dynamo_error: str | None = None
+    dynamic_batch: bool = True
 
 
 def _free_dims(exported: "ExportedModel") -> list[int]:
@@ -79,13 +82,33 @@ def export_onnx(exported: "ExportedModel", path: Path) -> OnnxExport:
         return OnnxExport(path, "dynamo")
     except Exception as exc:  # noqa: BLE001 - any exporter failure means: try the tracer
         dynamo_error = _first_line(exc)
+    _trace(module, example, path, free)
+    if 0 in free and not _runs_other_batches(path, example):
+        # The trace baked the example's batch in (Mask R-CNN splits its batch per image):
+        # a graph for one image, that OnnxNetwork runs once per image.
+        _trace(module, example[:1], path, [i for i in free if i != 0])
+        OnnxNetwork(path)(example)
+        return OnnxExport(path, "torchscript", dynamo_error, dynamic_batch=False)
+    return OnnxExport(path, "torchscript", dynamo_error)
+
+
+def _trace(module: nn.Module, example: torch.Tensor, path: Path, free: list[int]) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
                           output_names=["output"], opset_version=OPSET,
                           dynamic_axes={INPUT_NAME: {i: _dim_name(i) for i in free}})
     OnnxNetwork(path)(example)
-    return OnnxExport(path, "torchscript", dynamo_error)
+
+
+def _runs_other_batches(path: Path, example: torch.Tensor) -> bool:
+    network = OnnxNetwork(path)
+    try:
+        network(example[:1])
+        network(torch.cat([example, example[:1]]))
+    except Exception:  # noqa: BLE001 - onnxruntime's errors have no common type
+        return False
+    return True
 
 
 class OnnxNetwork(nn.Module):
@@ -105,13 +128,17 @@ class OnnxNetwork(nn.Module):
         options.log_severity_level = 3  # warnings about unused initializers are noise here
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        batch = self.session.get_inputs()[0].shape[0]
+        self.one_image_per_run = batch == 1  # a graph with a fixed batch of 1 (see export_onnx)
         self.reference = [reference] if reference is not None else []  # a list: not a submodule
         self.max_abs_diff = 0.0
         self.calls = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        outputs = [torch.from_numpy(o).to(x.device) for o in self.session.run(None, {self.input_name: array})]
+        runs = ([self.session.run(None, {self.input_name: array[i:i + 1]}) for i in range(len(array))]
+                if self.one_image_per_run else [self.session.run(None, {self.input_name: array})])
+        outputs = [torch.from_numpy(np.concatenate(parts)).to(x.device) for parts in zip(*runs)]
         if self.reference:
             with torch.no_grad():
                 expected = self.reference[0](x)
@@ -159,7 +186,7 @@ def onnx_parity(family: "TaskFamily", params: Any, checkpoint: Path, data_root: 
         relative = math.nan
     else:
         relative = abs(from_onnx - from_torch) / max(abs(from_torch), 1e-12)
-    block: dict[str, Any] = {"exporter": written.exporter,
+    block: dict[str, Any] = {"exporter": written.exporter, "dynamic_batch": written.dynamic_batch,
                              "max_abs_diff": None if math.isnan(network.max_abs_diff) else network.max_abs_diff,
                              key: from_onnx, f"{key}_relative_difference": None if math.isnan(relative) else relative,
                              "tolerance": tolerance, "passed": bool(relative <= tolerance)}
