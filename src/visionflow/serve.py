@@ -79,7 +79,7 @@ def make_server(family: Any, model: Any, device: Any, host: str = "127.0.0.1", p
     """A bound server (port 0: any free port, see ``server_address``); call ``serve_forever()``.
 
     ``model``: the family's exported model (``inference_module`` or its MLflow copy), moved to
-    ``device``; ``options``: passed to ``family.answer`` (pose: ``detector``). Requests are
+    ``device``; ``options``: passed to ``family.answer`` (e.g. a ``detector``). Requests are
     answered one at a time (one model, one lock).
     """
     from visionflow.data.images import ImageReadError
