@@ -43,17 +43,18 @@ constraints:
 dag: install
 	$(BIN)/visionflow dag
 
-## repro: run the whole pipeline with DVC (only what changed), then show the metrics
+## repro: run the whole pipeline with DVC (only what changed), then a row per family: headline
+## metrics against target and baseline (all of them: dvc metrics show; the page: reports/index.html)
 repro: dag
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	@$(BIN)/visionflow summary
 
 ## repro-gpu: the pipeline with the GPU profile (params.gpu.yaml) as a DVC experiment
 ## (dvc.yaml is generated before the profile applies: the profile must not change `tasks`, `pretrained`
 ## or a key a family's cross-family inputs depend on; `visionflow dag --check` after it would say so)
 repro-gpu: dag
 	$(BIN)/dvc exp run $$($(BIN)/visionflow profile params.gpu.yaml)
-	$(BIN)/dvc metrics show
+	@$(BIN)/visionflow summary
 
 ## push: upload the DVC-tracked outputs (data, models, reports) to the default DVC remote
 push: install

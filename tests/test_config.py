@@ -100,7 +100,7 @@ def test_dvc_yaml_declares_exactly_the_params_each_stage_reads():
     """dvc.yaml is generated (tests/test_dag.py checks it is current); its params keys are
     visionflow.stages.STAGE_PARAMS's, and each names a key of params.yaml."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    expected = {"acquire"} | {f"{stage}-{task}" for task in params["tasks"] for stage in TASK_STAGES} \
+    expected = {"acquire", "report"} | {f"{stage}-{task}" for task in params["tasks"] for stage in TASK_STAGES} \
         | {f"pretrained-{task}" for task in params["pretrained"]}
     stages = _dvc_stages()
     assert set(stages) == expected

@@ -63,8 +63,17 @@ def test_stages_are_named_stage_dash_family_and_each_has_its_command(all_familie
     assert stages["train-pose"]["cmd"] == "visionflow train --task pose"
     assert stages["evaluate-instance_segmentation"]["cmd"] == "visionflow evaluate --task instance_segmentation"
     assert stages["acquire"]["cmd"] == "visionflow acquire --no-progress"
-    assert set(stages) == {"acquire"} | {f"{stage}-{task}" for task in task_names()
-                                         for stage in ("synthesize", "augment", "train", "evaluate", "register")}
+    assert set(stages) == {"acquire", "report"} | {f"{stage}-{task}" for task in task_names()
+                                                   for stage in ("synthesize", "augment", "train", "evaluate",
+                                                                 "register")}
+
+
+def test_the_report_comes_after_every_family_and_reads_their_outputs(all_families):
+    report = all_families["ground_truth"]["report"]
+    assert report["cmd"] == "visionflow report" and report["outs"] == ["reports/index.html"]
+    for task in task_names():
+        assert {f"metrics/{task}.json", f"models/{task}/registered.json",
+                f"src/visionflow/tasks/{task}/__init__.py"} <= set(report["deps"])
 
 
 def test_outs_keep_their_cache_flags_and_plot_axes(all_families):

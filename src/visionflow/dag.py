@@ -304,7 +304,25 @@ def stages(params: Any) -> dict[str, dict]:
             out[stage_name(stage, name)] = _stage(f"visionflow {stage} --task {name}", specs[stage],
                                                  stage_params(stage, name), family, stage,
                                                  upstream.get(stage, ()))
+    out["report"] = _report_stage(params)
     return out
+
+
+def _report_stage(params: Any) -> dict:
+    """One page over every family, after each family's register, from what the stages wrote.
+
+    Each family's ``__init__.py`` (where its headline numbers are declared) is a plain file dep,
+    not an import closure: a change in a family's other code reaches the report through its
+    metrics, and editing one family's model must not mark the others' stages.
+    """
+    from visionflow.report import REPORT_HTML
+
+    data = [_p(path) for name in params.tasks for paths in [TaskPaths(name)]
+            for path in (paths.metrics, paths.train_summary, paths.registered, paths.train_curves_png,
+                         paths.eval_reports)]
+    data += [f"{SOURCE_DIR}/tasks/{name}/__init__.py" for name in params.tasks]
+    return _stage("visionflow report", StageSpec(outs=(_p(REPORT_HTML),), data=tuple(data), family_code=False),
+                  stage_params("report"), None, "report")
 
 
 # --- dvc.yaml -----------------------------------------------------------------------------------

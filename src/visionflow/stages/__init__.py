@@ -17,6 +17,7 @@ STAGE_PARAMS: dict[str, tuple[str, ...]] = {
     "train": ("{task}.data", "{task}.augment", "{task}.model", "{task}.train", "trainer", "pretrained"),
     "evaluate": ("{task}.data", "{task}.evaluate", "trainer.accelerator"),
     "register": ("{task}.data", "{task}.register", "tracking"),
+    "report": ("tasks",),
 }
 
 
