@@ -96,8 +96,11 @@ class Segmentation(TaskFamily):
                              (-1, len(module.class_names), -1, -1))
 
     def inference_module(self, module: Any) -> Any:
-        """Images ``(N, 3, H, W)`` in [0, 1] -> logits ``(N, C, H, W)``, C = classes + background."""
-        return module.net.eval()
+        """Images ``(N, 3, H, W)`` in [0, 1] -> logits ``(N, C, H, W)``, C = classes + background;
+        carries ``class_names`` (a plain attribute: predict's and serve's answers name classes)."""
+        net = module.net.eval()
+        net.class_names = list(module.class_names)
+        return net
 
     def with_inference_network(self, module: Any, network: Any) -> Any:
         module.net = network
