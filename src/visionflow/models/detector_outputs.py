@@ -14,7 +14,6 @@ the family that trains it).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 IMAGE_MEAN, IMAGE_STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]  # torchvision detectors' input normalisation
@@ -23,8 +22,8 @@ MASK_SIZE = 28  # Mask R-CNN's mask predictor output, M
 
 def pad_rows(rows: torch.Tensor, count: int) -> torch.Tensor:
     """``(K, F)`` -> ``(count, F)``: cut or padded with -1."""
-    rows = rows[:count]
-    return F.pad(rows, (0, 0, 0, count - len(rows)), value=-1.0)
+    # No size computed from K: a traced (ONNX) graph would keep the example's K as a constant.
+    return torch.cat([rows, rows.new_full((count, rows.shape[1]), -1.0)])[:count]
 
 
 def torchvision_detections(outputs: list[dict[str, torch.Tensor]], max_detections: int,
