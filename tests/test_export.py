@@ -101,3 +101,21 @@ def test_reading_as_hides_a_read_only_property():
     assert not isinstance(module.detector, torch.nn.ReLU)
     assert reading_as(module, "detector", replacement).detector is replacement
     assert isinstance(module, WithDetector) and not isinstance(WithDetector().detector, torch.nn.ReLU)
+
+
+@pytest.mark.slow
+def test_export_command_writes_onnx_of_a_checkpoint(tmp_path, project_env, capsys):
+    from test_predict_standalone import train_tiny
+
+    from conftest import tiny_params_dict, write_project_params
+    from visionflow.cli import main
+
+    project = tmp_path / "project"
+    checkpoint = train_tiny("segmentation", project)
+    write_project_params(project, tiny_params_dict(tasks=["segmentation"]))
+    out = tmp_path / "segmentation.onnx"
+    assert main(["--params", str(project / "params.yaml"), "export", "--task", "segmentation",
+                 "--model", str(checkpoint), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["onnx"] == str(out)
+    classes = len(get_task("segmentation").load_module(checkpoint).class_names)
+    assert OnnxNetwork(out)(torch.rand(3, 3, 40, 56)).shape == (3, classes, 40, 56)
