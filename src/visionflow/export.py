@@ -64,24 +64,18 @@ def export_onnx(exported: "ExportedModel", path: Path) -> OnnxExport:
 
     The dynamo exporter first; where it fails (or writes a graph onnxruntime rejects), the
     TorchScript tracer, whose graph holds whatever branches the example took. Raises the
-    tracer's error when both fail.
+    tracer's error when both fail. A model the registry stores as ``pickle`` is one that
+    torch.export cannot trace: it goes to the tracer directly (the dynamo attempt takes minutes).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = exported.module.eval()
     example = torch.from_numpy(np.ascontiguousarray(exported.example, dtype=np.float32))
     free = _free_dims(exported)
-    dynamo_error = None
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
-                              dynamic_shapes=({i: torch.export.Dim.DYNAMIC for i in free},),
-                              verbose=False, report=False)
-        OnnxNetwork(path)(example)
+    dynamo_error = ("not tried: torch.export cannot trace this model (the registry pickles it)"
+                    if exported.serialization_format == "pickle" else _dynamo(module, example, path, free))
+    if dynamo_error is None:
         return OnnxExport(path, "dynamo")
-    except Exception as exc:  # noqa: BLE001 - any exporter failure means: try the tracer
-        dynamo_error = _first_line(exc)
     _trace(module, example, path, free)
     if 0 in free and not _runs_other_batches(path, example):
         # The trace baked the example's batch in (Mask R-CNN splits its batch per image):
@@ -90,6 +84,20 @@ def export_onnx(exported: "ExportedModel", path: Path) -> OnnxExport:
         OnnxNetwork(path)(example)
         return OnnxExport(path, "torchscript", dynamo_error, dynamic_batch=False)
     return OnnxExport(path, "torchscript", dynamo_error)
+
+
+def _dynamo(module: nn.Module, example: torch.Tensor, path: Path, free: list[int]) -> str | None:
+    """Export with torch.export; None on success, else why not (one line)."""
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
+                              dynamic_shapes=({i: torch.export.Dim.DYNAMIC for i in free},),
+                              verbose=False, report=False)
+        OnnxNetwork(path)(example)
+    except Exception as exc:  # noqa: BLE001 - any exporter failure means: try the tracer
+        return _first_line(exc)
+    return None
 
 
 def _trace(module: nn.Module, example: torch.Tensor, path: Path, free: list[int]) -> None:
