@@ -131,6 +131,7 @@ class DataParams(Strict):
 class EvaluateParams(Strict):
     overlays: int = Field(ge=0, le=64)
     batch_size: int = Field(ge=1)
+    onnx_tolerance: float = Field(gt=0)  # export parity: ONNX metric within this relative difference
 
 
 class RegisterParams(Strict):

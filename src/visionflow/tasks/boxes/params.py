@@ -34,7 +34,6 @@ class BoxAugmentParams(Strict):
 class DetectionEvaluateParams(EvaluateParams):
     max_dets: list[int] = Field(min_length=1)
     overlay_score: float = Field(ge=0, le=1)  # detections drawn on the overlays
-    onnx_tolerance: float = Field(gt=0)  # export parity: ONNX metric within this relative difference
 
     @field_validator("max_dets")
     @classmethod

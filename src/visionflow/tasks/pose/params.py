@@ -109,7 +109,6 @@ class PoseEvaluateParams(EvaluateParams):
     keypoint_score_threshold: float = Field(ge=0, le=1)  # keypoints that count in an instance's score
     detection_min_score: float = Field(ge=0, le=1)  # boxes: detection only
     detection_classes: list[int] | None  # detection class ids taken as figures; None: all
-    onnx_tolerance: float = Field(gt=0)  # export parity: ONNX metric within this relative difference
 
     @field_validator("sigmas")
     @classmethod

@@ -39,15 +39,11 @@ class SegmentationTrainParams(OptimParams):
     loss: SegmentationLossParams
 
 
-class SegmentationEvaluateParams(EvaluateParams):
-    onnx_tolerance: float = Field(gt=0)  # export parity: ONNX metric within this relative difference
-
-
 class SegmentationParams(Strict):
     synth: ShapesSynthParams
     data: DataParams
     augment: list[TransformSpec]
     model: SegmentationModelParams
     train: SegmentationTrainParams
-    evaluate: SegmentationEvaluateParams
+    evaluate: EvaluateParams
     registry: RegisterParams = Field(alias="register")

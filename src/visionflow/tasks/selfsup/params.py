@@ -80,7 +80,6 @@ class SelfsupEvaluateParams(EvaluateParams):
     transfer_steps: int = Field(ge=1)
     transfer_batch_size: int = Field(ge=1)
     transfer_lr: float = Field(gt=0)
-    onnx_tolerance: float = Field(gt=0)  # export parity: ONNX metric within this relative difference
 
     @field_validator("label_fractions")
     @classmethod

@@ -169,7 +169,6 @@ class StereoEvaluateParams(EvaluateParams):
 
     splits: list[StereoSplitRef]
     sgbm: SgbmParams
-    onnx_tolerance: float = Field(gt=0)  # export parity: ONNX metric within this relative difference
 
 
 class StereoParams(Strict):
