@@ -120,7 +120,7 @@ def test_dvc_yaml_paths_match_the_code():
         for path in (paths.synthetic, paths.synthetic_manifest, paths.augment_preview, paths.augment_check,
                      paths.best_checkpoint, paths.last_checkpoint, paths.train_summary, paths.train_curves_csv,
                      paths.train_curves_png, paths.metrics, paths.eval_plots, paths.eval_reports,
-                     paths.registered, paths.pretrained_dir, RAW_DIR):
+                     paths.registered, paths.onnx_dir, RAW_DIR):
             assert re.search(rf"- {re.escape(path.as_posix())}(:|$)", dvc_text, re.MULTILINE), path
 
 

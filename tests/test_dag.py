@@ -147,7 +147,8 @@ def test_a_pretrained_family_gets_a_stage_reading_the_backbone_file():
     assert pretrained["deps"][-1] == "models/selfsup/best.ckpt" and pretrained["params"] == ["pretrained"]
     assert pretrained["outs"] == ["pretrained/segmentation/backbone.pt"]
     assert "src/visionflow/models/backbones.py" in pretrained["deps"]
-    assert "pretrained/segmentation" in stages["train-segmentation"]["deps"]
+    assert "pretrained/segmentation/backbone.pt" in stages["train-segmentation"]["deps"]
+    assert not any(dep.startswith("pretrained/") for dep in stages["train-detection"]["deps"])
     assert list(stages).index("pretrained-segmentation") < list(stages).index("train-segmentation")
 
 

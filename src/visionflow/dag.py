@@ -33,7 +33,7 @@ import inspect
 import os
 import textwrap
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -251,7 +251,7 @@ def _family_specs(paths: TaskPaths) -> dict[str, StageSpec]:
         "train": StageSpec(outs=(_p(paths.best_checkpoint), _p(paths.last_checkpoint),
                                  {_p(paths.train_summary): uncached}, _p(paths.train_curves_png)),
                            plots=({_p(paths.train_curves_csv): {"cache": False, "x": "epoch"}},),
-                           data=(manifest, raw, _p(paths.pretrained_dir))),
+                           data=(manifest, raw)),
         "evaluate": StageSpec(outs=(_p(paths.eval_reports), _p(paths.onnx_dir)),
                               metrics=({_p(paths.metrics): uncached},),
                               plots=({_p(paths.eval_plots): uncached},),
@@ -301,11 +301,20 @@ def stages(params: Any) -> dict[str, dict]:
                 out[stage_name("pretrained", name)] = _stage(
                     f"visionflow pretrained --task {name}", spec, stage_params("pretrained", name), None,
                     "pretrained")
+                specs["train"] = replace(specs["train"], data=(*specs["train"].data, _p(paths.pretrained_backbone)))
             out[stage_name(stage, name)] = _stage(f"visionflow {stage} --task {name}", specs[stage],
                                                  stage_params(stage, name), family, stage,
                                                  upstream.get(stage, ()))
     out["report"] = _report_stage(params)
     return out
+
+
+def _family_declaration(family: Any) -> str:
+    """The file that defines ``family``'s class (and its headlines), as a dvc.yaml path."""
+    defined_in = Path(inspect.getsourcefile(type(family))).resolve()
+    if defined_in.is_relative_to(PACKAGE_ROOT):
+        return f"{SOURCE_DIR}/{defined_in.relative_to(PACKAGE_ROOT).as_posix()}"
+    return os.path.relpath(defined_in)  # a family defined outside the package (a plugin, a test)
 
 
 def _report_stage(params: Any) -> dict:
@@ -316,11 +325,12 @@ def _report_stage(params: Any) -> dict:
     metrics, and editing one family's model must not mark the others' stages.
     """
     from visionflow.report import REPORT_HTML
+    from visionflow.tasks import get_task
 
     data = [_p(path) for name in params.tasks for paths in [TaskPaths(name)]
             for path in (paths.metrics, paths.train_summary, paths.registered, paths.train_curves_png,
                          paths.eval_reports)]
-    data += [f"{SOURCE_DIR}/tasks/{name}/__init__.py" for name in params.tasks]
+    data += [_family_declaration(get_task(name)) for name in params.tasks]
     return _stage("visionflow report", StageSpec(outs=(_p(REPORT_HTML),), data=tuple(data), family_code=False),
                   stage_params("report"), None, "report")
 
