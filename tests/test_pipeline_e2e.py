@@ -41,10 +41,27 @@ def predict_from_registry_and_checkpoint(project: Path, env: dict, task: str) ->
     return outs[0], outs[1]
 
 
+def lineage(project: Path, env: dict, model_uri: str) -> str:
+    return subprocess.run([str(BIN / "visionflow"), "lineage", model_uri], cwd=project, env=env, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def locked_md5(project: Path, stage: str, path: str) -> str:
+    deps = yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]["deps"]
+    return next(dep["md5"] for dep in deps if dep["path"] == path)
+
+
 def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path, project_env: dict):
+    subprocess.run(["git", "add", "-A"], cwd=tiny_project, check=True, capture_output=True)
+    subprocess.run(["git", "commit", "-qm", "tiny project"], cwd=tiny_project, check=True, capture_output=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tiny_project, check=True, capture_output=True,
+                            text=True).stdout.strip()
     out = dvc(tiny_project, project_env, "repro")
     tasks = yaml.safe_load((tiny_project / "params.yaml").read_text())["tasks"]
-    assert stages_run(out) == {"acquire"} | {stage_name(stage, task) for task in tasks for stage in TASK_STAGES}
+    assert stages_run(out) == {"acquire", "report"} | {stage_name(stage, task) for task in tasks
+                                                       for stage in TASK_STAGES}
+    page = (tiny_project / "reports/index.html").read_text()
+    assert 'id="segmentation"' in page and "mIoU" in page
 
     metrics = json.loads((tiny_project / "metrics/segmentation.json").read_text())
     assert 0.0 <= metrics["mIoU"] <= 1.0 and set(metrics["iou"]) == {
@@ -110,4 +127,15 @@ def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path
     params["segmentation"]["train"]["lr"] = 0.003
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc(tiny_project, project_env, "repro")
-    assert stages_run(out) == {"train-segmentation", "evaluate-segmentation", "register-segmentation"}
+    assert stages_run(out) == {"train-segmentation", "evaluate-segmentation", "register-segmentation", "report"}
+
+    # Lineage: each version names its commit (dirty once params.yaml was edited), params hash and
+    # the data hashes dvc.lock holds; the retrained version 2 has another params hash.
+    first, second = (lineage(tiny_project, project_env, f"models:/visionflow-segmentation/{v}") for v in (1, 2))
+    data_md5 = locked_md5(tiny_project, "train-segmentation", "data/synthetic/segmentation.json")
+    assert f"commit   {commit}\n" in first and f"commit   {commit} with uncommitted changes" in second
+    for text in (first, second):
+        assert f"data/synthetic/segmentation.json  md5 {data_md5}  (as in dvc.lock now)" in text
+        assert "dvc repro register-segmentation" in text
+    hashes = [re.search(r"params   hash (\w+)", text).group(1) for text in (first, second)]
+    assert hashes[0] != hashes[1] and "unknown" not in hashes
