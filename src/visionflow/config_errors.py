@@ -1,6 +1,6 @@
 """How :mod:`visionflow.config` words a params error: the key path, what is wrong, a did-you-mean.
 
-``segmentation.train.lr: must be > 0``; ``detection.modle: unknown key 'modle' (did you mean
+``<family>.train.lr: must be > 0``; ``<family>.modle: unknown key 'modle' (did you mean
 'model'?); valid: ...``. Pure pydantic, no params schema.
 """
 

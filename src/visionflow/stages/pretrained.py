@@ -1,13 +1,12 @@
 """pretrained: hand a family the backbone its training starts from.
 
 ``params.yaml``'s ``pretrained: {<task>: <file>}`` names a backbone file or a
-checkpoint holding a U-Net encoder (e.g. ``models/selfsup/best.ckpt``, the out
-of ``train-selfsup``). This stage reads it, extracts the encoder's weights and
-writes them as a backbone file into ``pretrained/<task>/``, the folder that
-``train-<task>`` always depends on. So in ``dvc.yaml`` the producer of the file
-is upstream of the family's training exactly when params.yaml says so:
-``visionflow dag`` writes this stage (``pretrained-<task>``) only for the
-families listed there.
+checkpoint holding a U-Net encoder (e.g. another family's ``models/<family>/best.ckpt``,
+the out of its ``train-<family>``). This stage reads it, extracts the encoder's weights
+and writes them as ``pretrained/<task>/backbone.pt``, which ``train-<task>`` then depends
+on. So in ``dvc.yaml`` the producer of the file is upstream of the family's training
+exactly when params.yaml says so: ``visionflow dag`` writes this stage
+(``pretrained-<task>``) only for the families listed there.
 """
 
 from __future__ import annotations
