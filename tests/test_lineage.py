@@ -29,15 +29,19 @@ def test_locked_data_keeps_data_deps_and_drops_code(tmp_path):
     assert locked_data(tmp_path / "nowhere", "train-toy") == {}
 
 
-def test_git_state_sees_uncommitted_changes(tmp_path):
+def test_git_state_sees_uncommitted_code_and_params_not_pipeline_outputs(tmp_path):
     assert git_state(tmp_path) == ("unknown", None)
     _git(tmp_path, "init", "-q")
-    (tmp_path / "a.txt").write_text("1")
-    _git(tmp_path, "add", "a.txt")
+    for name in ("params.yaml", "dvc.lock", "metrics.json"):
+        (tmp_path / name).write_text("1")
+    _git(tmp_path, "add", ".")
     _git(tmp_path, "commit", "-qm", "a")
     commit, dirty = git_state(tmp_path)
     assert len(commit) == 40 and dirty is False
-    (tmp_path / "a.txt").write_text("2")
+    (tmp_path / "dvc.lock").write_text("2")  # what dvc repro rewrites before register runs
+    (tmp_path / "metrics.json").write_text("2")
+    assert git_state(tmp_path) == (commit, False)
+    (tmp_path / "params.yaml").write_text("2")
     assert git_state(tmp_path) == (commit, True)
 
 

@@ -23,10 +23,15 @@ from visionflow.dag import stage_name
 DVC_LOCK = Path("dvc.lock")
 DATA_TAG_PREFIX = "data:"  # version tag "data:data/synthetic/segmentation.json" = its DVC md5
 CODE_DIR = "src/"
+# What decides a result: code, params, the pipeline and pinned packages. Not dvc.lock or the
+# stages' outputs, which `dvc repro` itself rewrites before register runs.
+SOURCE_PATHS = ("src", "pipelines", "params.yaml", "params.gpu.yaml", "dvc.yaml", "pyproject.toml",
+                "constraints.txt")
 
 
 def git_state(root: Path) -> tuple[str, bool | None]:
-    """The checked-out commit and whether tracked files differ from it (None: not a git repo)."""
+    """The checked-out commit and whether the code, params or pipeline files differ from it
+    (:data:`SOURCE_PATHS`; None: not a git repository)."""
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
 
@@ -34,7 +39,7 @@ def git_state(root: Path) -> tuple[str, bool | None]:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return "unknown", None
-        status = git("status", "--porcelain", "--untracked-files=no")
+        status = git("status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown", None
     return head.stdout.strip(), bool(status.stdout.strip())
