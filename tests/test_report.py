@@ -23,7 +23,8 @@ def _project(root: Path) -> Path:
     (root / "metrics/toy.json").write_text(json.dumps({"score": 0.625, "error_px": 2.5, "baseline": {"score": 0.25}}))
     (root / "models/toy").mkdir(parents=True)
     (root / "models/toy/train.json").write_text(json.dumps(
-        {"epochs": 3, "global_steps": 30, "seconds": 12.0, "mlflow_run_id": "run42", "runtime": {"device_type": "cpu"}}))
+        {"epochs": 3, "global_steps": 30, "seconds": 12.0, "mlflow_run_id": "run42",
+         "runtime": {"device_type": "cpu"}}))
     (root / "models/toy/registered.json").write_text(json.dumps(
         {"model_name": "visionflow-toy", "version": "2", "champion_version": "1", "metric_name": "score",
          "metric": 0.625, "provenance": {"commit": "abc123", "data:data/synthetic/toy.json": "aa11"}}))
@@ -56,6 +57,7 @@ def test_page_is_self_contained(tmp_path):
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert page.count("data:image/") == 1  # the overlay, downscaled and inlined; no curves file here
     assert "0.625" in page and "MISSED" in page and "abc123" in page and "run42" in page
+    assert "0.25 (chance)" in page.split('<section id="toy">')[0]  # the overview shows baselines too
     assert len(page) < 1_500_000  # a 2000 px wide overlay is downscaled
 
 

@@ -88,6 +88,12 @@ def summary_table(rows: list[HeadlineRow]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
 
 
+def _baseline(row: HeadlineRow) -> str:
+    if not row.headline.baseline:
+        return ""
+    return html.escape(f"{_number(row.baseline_value)} ({row.headline.baseline_label})")
+
+
 def _image_data_uri(path: Path) -> str:
     """``path`` as an inline image, downscaled to ``IMAGE_MAX_WIDTH`` (JPEG when that is smaller)."""
     from PIL import Image
@@ -117,18 +123,19 @@ def _family_section(task: str, rows: list[HeadlineRow], root: Path) -> str:
     metric_rows = "".join(
         f"<tr><td>{html.escape(r.headline.label)}</td><td class=num>{_number(r.value)}</td>"
         f"<td>{_target(r.headline)}</td><td class={_verdict(r).lower() or 'none'}>{_verdict(r)}</td>"
-        f"<td>{html.escape(f'{_number(r.baseline_value)} ({r.headline.baseline_label})') if r.headline.baseline else ''}"
-        f"</td></tr>" for r in rows)
+        f"<td>{_baseline(r)}</td></tr>" for r in rows)
     facts = {
         "training": (f"{train['epochs']} epochs, {train['global_steps']} steps, {train['seconds']:.0f} s on "
                      f"{train.get('runtime', {}).get('device_type', '?')}") if train else "not trained",
         "trained by MLflow run": train.get("mlflow_run_id", "-"),
         "started from backbone": train.get("pretrained_backbone") or "random init",
-        "registered": (f"{registered['model_name']} v{registered['version']}; champion v{registered['champion_version']}"
-                       f" ({registered['metric_name']} {registered['metric']:.4g})") if registered else "not registered",
+        "registered": (f"{registered['model_name']} v{registered['version']} (this run); champion "
+                       f"v{registered['champion_version']} ({registered['metric_name']} {registered['metric']:.4g})")
+                      if registered else "not registered",
     }
-    for key, value in registered.get("provenance", {}).items():
-        facts[key] = value
+    shown = {"family", "backbone", "train_run_id"}  # already in the rows above
+    facts.update({f"lineage: {key}": value for key, value in registered.get("provenance", {}).items()
+                  if key not in shown})
     fact_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
     images = [p for p in (paths.train_curves_png, *sorted(paths.eval_reports.glob("*.png"))) if p.is_file()]
     figures = "".join(_figure(p, root) for p in images)
@@ -149,10 +156,11 @@ def render_html(sections: dict[str, list[HeadlineRow]], root: Path, title: str =
     overview = "".join(
         f'<tr><td><a href="#{task}">{html.escape(task)}</a></td><td>{html.escape(r.headline.label)}</td>'
         f"<td class=num>{_number(r.value)}</td><td>{_target(r.headline)}</td>"
-        f"<td class={_verdict(r).lower() or 'none'}>{_verdict(r)}</td></tr>"
+        f"<td class={_verdict(r).lower() or 'none'}>{_verdict(r)}</td><td>{_baseline(r)}</td></tr>"
         for task, rows in sections.items() for r in rows)
     body = "".join(_family_section(task, rows, root) for task, rows in sections.items())
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<table><tr><th>family</th><th>metric</th><th>value</th><th>target</th><th></th></tr>{overview}</table>"
+            f"<table><tr><th>family</th><th>metric</th><th>value</th><th>target</th><th></th><th>baseline</th></tr>"
+            f"{overview}</table>"
             f"{body}</body></html>\n")
