@@ -125,8 +125,9 @@ def run_profile(params_path: Path, profile: Path) -> None:
     return None
 
 
-def run_predict(params, root: Path, args: argparse.Namespace) -> dict:
-    """``params``: None when the folder has no params file (a checkpoint is all predict needs)."""
+def _model_to_run(params, root: Path, args: argparse.Namespace):
+    """What ``predict`` and ``serve`` share: the family, the model (``--model`` or the best
+    checkpoint) and its reference, the device, and pose's detector option."""
     import torch
 
     from visionflow.config import ConfigError
@@ -147,33 +148,22 @@ def run_predict(params, root: Path, args: argparse.Namespace) -> dict:
     if args.detector is not None:
         options["detector"] = (None if args.detector == "none" else
                                load_model(params, root, "detection", args.detector).to(device).eval())
+    return family, model, model_ref, device, options
+
+
+def run_predict(params, root: Path, args: argparse.Namespace) -> dict:
+    """``params``: None when the folder has no params file (a checkpoint is all predict needs)."""
+    family, model, model_ref, device, options = _model_to_run(params, root, args)
     written = family.predict(model, args.inputs, args.out, device, **options)
     return {"model": model_ref, "written": [str(p) for p in written]}
 
 
 def run_serve(params, root: Path, args: argparse.Namespace) -> None:
     """Load the model as ``predict`` does, then serve it until interrupted."""
-    import torch
-
-    from visionflow.config import ConfigError
-    from visionflow.paths import TaskPaths
-    from visionflow.runtime import device_type
     from visionflow.serve import serve
-    from visionflow.tasks import get_task
 
-    if args.detector is not None and args.task != "pose":
-        raise ConfigError(f"--detector: only pose crops boxes from a detector, not {args.task}")
-    try:
-        family = get_task(args.task)
-    except KeyError as exc:
-        raise ConfigError(f"--task: {exc.args[0]}") from None
-    model_ref = args.model or str(TaskPaths(args.task, root).best_checkpoint)
-    device = torch.device(device_type(params.trainer.accelerator if params is not None else "auto"))
-    options = {}
-    if args.detector is not None:
-        options["detector"] = (None if args.detector == "none" else
-                               load_model(params, root, "detection", args.detector).to(device).eval())
-    serve(family, load_model(params, root, args.task, model_ref), device, args.host, args.port, options, model_ref)
+    family, model, model_ref, device, options = _model_to_run(params, root, args)
+    serve(family, model, device, args.host, args.port, options, model_ref)
     return None
 
 
