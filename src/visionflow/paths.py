@@ -30,6 +30,10 @@ class _ProjectPath:
     def __truediv__(self, name: str) -> _ProjectPath:
         return _ProjectPath(f"{self.template}/{name}")
 
+    def files(self, *names: str) -> tuple[_ProjectPath, ...]:
+        """``folder / name`` for each name: a folder's files declared in one line."""
+        return tuple(self / name for name in names)
+
     @overload
     def __get__(self, paths: None, owner: type) -> _ProjectPath: ...
     @overload
@@ -55,24 +59,18 @@ class TaskPaths:
         thousands of files once per ``dvc repro`` (as synthesize's output), not once per stage.""")
     metrics = _ProjectPath("metrics/{task}.json")
     models = _ProjectPath("models/{task}")
-    best_checkpoint = models / "best.ckpt"
-    last_checkpoint = models / "last.ckpt"
-    train_summary = models / "train.json"
-    registered = models / "registered.json"
+    best_checkpoint, last_checkpoint, train_summary, registered = models.files(
+        "best.ckpt", "last.ckpt", "train.json", "registered.json")
     onnx_dir = _ProjectPath(
         "models/{task}/onnx",
         """Evaluate's ONNX export (metrics' ``onnx`` holds its parity check): ``model.onnx``, or
         ``error.txt`` saying why the network did not export (a folder, so the out always exists).""")
-    onnx_model = onnx_dir / "model.onnx"
-    onnx_error = onnx_dir / "error.txt"
+    onnx_model, onnx_error = onnx_dir.files("model.onnx", "error.txt")
     plots = _ProjectPath("plots/{task}")
-    train_curves_csv = plots / "train.csv"
-    eval_plots = plots / "eval"
+    train_curves_csv, eval_plots = plots.files("train.csv", "eval")
     reports = _ProjectPath("reports/{task}")
-    augment_preview = reports / "augment.png"
-    augment_check = reports / "augment.json"
-    train_curves_png = reports / "curves.png"
-    eval_reports = reports / "eval"
+    augment_preview, augment_check, train_curves_png, eval_reports = reports.files(
+        "augment.png", "augment.json", "curves.png", "eval")
     pretrained_dir = _ProjectPath(
         "pretrained/{task}",
         """What this family's training starts from: a folder in git (so DVC can always depend on
