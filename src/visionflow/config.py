@@ -156,6 +156,23 @@ def positive_list(values: list[int]) -> list[int]:
     return values
 
 
+def positive_lists(*fields: str) -> Any:
+    """A field validator for a schema: every entry of each list in ``fields`` >= 1
+    (``_positive = positive_lists("channels", "blocks")``)."""
+    return field_validator(*fields)(classmethod(lambda cls, values: positive_list(values)))
+
+
+def check_ranges(section: BaseModel, ordered: tuple[tuple[str, str], ...] = (),
+                 required_splits: tuple[str, ...] = ()) -> None:
+    """For a model validator: ``low <= high`` for each ``(low, high)`` pair of keys, and the
+    ``splits`` mapping holds ``required_splits``; the error names the keys."""
+    for low, high in ordered:
+        if getattr(section, low) > getattr(section, high):
+            raise ValueError(f"{low} must be <= {high}")
+    if any(split not in section.splits for split in required_splits):
+        raise ValueError(f"splits needs at least {' and '.join(required_splits)}")
+
+
 # --- the whole file -----------------------------------------------------------------------
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, field_validator, model_validator
 
-from visionflow.config import Strict
+from visionflow.config import Strict, check_ranges
 
 
 class ShapesSynthParams(Strict):
@@ -20,10 +20,10 @@ class ShapesSynthParams(Strict):
     splits: dict[Literal["train", "val", "test"], int]
     image_size: int = Field(ge=16, le=1024)
     classes: list[str] = Field(min_length=1)
-    min_objects: int = Field(ge=0)
-    max_objects: int = Field(ge=0)
-    min_radius: float = Field(gt=0)
-    max_radius: float = Field(gt=0)
+    min_objects: NonNegativeInt
+    max_objects: NonNegativeInt
+    min_radius: PositiveFloat  # pixels
+    max_radius: PositiveFloat
     min_visible_fraction: float = Field(ge=0, le=1)
     empty_fraction: float = Field(ge=0, le=1)
     noise_std: float = Field(ge=0)
@@ -45,10 +45,5 @@ class ShapesSynthParams(Strict):
 
     @model_validator(mode="after")
     def _ranges(self) -> "ShapesSynthParams":
-        if self.min_objects > self.max_objects:
-            raise ValueError("min_objects must be <= max_objects")
-        if self.min_radius > self.max_radius:
-            raise ValueError("min_radius must be <= max_radius")
-        if "train" not in self.splits or "test" not in self.splits:
-            raise ValueError("splits needs at least train and test")
+        check_ranges(self, (("min_objects", "max_objects"), ("min_radius", "max_radius")), ("train", "test"))
         return self

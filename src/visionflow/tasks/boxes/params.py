@@ -5,9 +5,11 @@ Every key is required: ``params.yaml`` holds the values.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Any
 
-from visionflow.config import EvaluateParams, Strict, TransformSpec, positive_list
+from pydantic import Field, model_validator
+
+from visionflow.config import EvaluateParams, Strict, TransformSpec, positive_lists
 
 
 class BoxRuleParams(Strict):
@@ -35,7 +37,14 @@ class DetectionEvaluateParams(EvaluateParams):
     max_dets: list[int] = Field(min_length=1)
     overlay_score: float = Field(ge=0, le=1)  # detections drawn on the overlays
 
-    @field_validator("max_dets")
-    @classmethod
-    def _positive(cls, values: list[int]) -> list[int]:
-        return positive_list(values)
+    _positive = positive_lists("max_dets")
+
+
+def anchor_levels(count: int, message: str) -> Any:
+    """A model validator: ``anchor_sizes`` has one entry per pyramid level (``count``)."""
+    def check(self: Any) -> Any:
+        if len(self.anchor_sizes) != count:
+            raise ValueError(message)
+        return self
+
+    return model_validator(mode="after")(check)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
-from visionflow.config import DataParams, OptimParams, RegisterParams, Strict, positive_list
-from visionflow.tasks.boxes.params import BoxAugmentParams, DetectionEvaluateParams
+from visionflow.config import DataParams, OptimParams, RegisterParams, Strict, positive_lists
+from visionflow.tasks.boxes.params import BoxAugmentParams, DetectionEvaluateParams, anchor_levels
 from visionflow.tasks.shapes_params import ShapesSynthParams
 
 
@@ -30,16 +30,9 @@ class DetectionModelParams(Strict):
     anchor_sizes: list[int]  # retinanet, P3..P5
     aspect_ratios: list[float] = Field(min_length=1)
 
-    @field_validator("channels", "blocks", "anchor_sizes")
-    @classmethod
-    def _positive(cls, values: list[int]) -> list[int]:
-        return positive_list(values)
+    _positive = positive_lists("channels", "blocks", "anchor_sizes")
 
-    @model_validator(mode="after")
-    def _three_levels(self) -> "DetectionModelParams":
-        if len(self.anchor_sizes) != 3:
-            raise ValueError("anchor_sizes needs one size per pyramid level P3, P4, P5 (3 entries)")
-        return self
+    _levels = anchor_levels(3, "anchor_sizes needs one size per pyramid level P3, P4, P5 (3 entries)")
 
 
 class CenterNetLossParams(Strict):

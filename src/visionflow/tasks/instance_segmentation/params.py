@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
-from visionflow.config import DataParams, OptimParams, RegisterParams, Strict, positive_list
-from visionflow.tasks.boxes.params import BoxAugmentParams, DetectionEvaluateParams
+from visionflow.config import DataParams, OptimParams, RegisterParams, Strict, positive_lists
+from visionflow.tasks.boxes.params import BoxAugmentParams, DetectionEvaluateParams, anchor_levels
 from visionflow.tasks.shapes_params import ShapesSynthParams
 
 
@@ -27,16 +27,9 @@ class InstanceSegmentationModelParams(Strict):
     score_threshold: float = Field(ge=0, lt=1)
     nms_iou: float = Field(gt=0, le=1)
 
-    @field_validator("channels", "blocks", "anchor_sizes", "mask_head_channels")
-    @classmethod
-    def _positive(cls, values: list[int]) -> list[int]:
-        return positive_list(values)
+    _positive = positive_lists("channels", "blocks", "anchor_sizes", "mask_head_channels")
 
-    @model_validator(mode="after")
-    def _four_levels(self) -> "InstanceSegmentationModelParams":
-        if len(self.anchor_sizes) != 4:
-            raise ValueError("anchor_sizes needs one size per pyramid level P2..P5 (4 entries)")
-        return self
+    _levels = anchor_levels(4, "anchor_sizes needs one size per pyramid level P2..P5 (4 entries)")
 
 
 class InstanceSegmentationTrainParams(OptimParams):

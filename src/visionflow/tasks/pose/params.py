@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from visionflow.config import (DataParams, EvaluateParams, OptimParams, RegisterParams, Strict, TransformSpec,
-                               positive_list, unknown_choice)
+                               check_ranges, positive_lists, unknown_choice)
 
 
 class FigureSynthParams(Strict):
@@ -45,14 +45,9 @@ class FigureSynthParams(Strict):
 
     @model_validator(mode="after")
     def _ranges(self) -> "FigureSynthParams":
-        if self.min_figures > self.max_figures:
-            raise ValueError("min_figures must be <= max_figures")
-        if self.min_height > self.max_height:
-            raise ValueError("min_height must be <= max_height")
+        check_ranges(self, (("min_figures", "max_figures"), ("min_height", "max_height")), ("train", "test"))
         if not 0 < self.occluder_radius[0] <= self.occluder_radius[1]:
             raise ValueError("occluder_radius must be [low, high] with 0 < low <= high")
-        if "train" not in self.splits or "test" not in self.splits:
-            raise ValueError("splits needs at least train and test")
         return self
 
 
@@ -82,10 +77,7 @@ class PoseModelParams(Strict):
     modulate: bool  # smooth predicted heatmaps (DARK) before the Taylor step
     flip_test: bool  # average each crop's heatmaps with its mirror's (evaluation and export)
 
-    @field_validator("channels")
-    @classmethod
-    def _positive(cls, values: list[int]) -> list[int]:
-        return positive_list(values)
+    _positive = positive_lists("channels")
 
     @model_validator(mode="after")
     def _divisible(self) -> "PoseModelParams":

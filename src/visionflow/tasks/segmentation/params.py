@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from visionflow.config import (DataParams, EvaluateParams, OptimParams, RegisterParams, Strict, TransformSpec,
-                               positive_list)
+                               positive_lists)
 from visionflow.tasks.shapes_params import ShapesSynthParams
 
 
@@ -15,10 +15,7 @@ class SegmentationModelParams(Strict):
     channels: list[int] = Field(min_length=2)
     dilations: list[int]
 
-    @field_validator("channels", "dilations")
-    @classmethod
-    def _positive(cls, values: list[int]) -> list[int]:
-        return positive_list(values)
+    _positive = positive_lists("channels", "dilations")
 
 
 class SegmentationLossParams(Strict):

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from visionflow.config import (DataParams, EvaluateParams, OptimParams, RegisterParams, Strict, TransformSpec,
-                               positive_list)
+                               check_ranges, positive_lists)
 from visionflow.tasks.shapes_params import ShapesSynthParams
 
 
@@ -28,10 +28,7 @@ class SelfsupSynthParams(ShapesSynthParams):
 
     @model_validator(mode="after")
     def _ranges(self) -> "SelfsupSynthParams":
-        if self.min_objects > self.max_objects:
-            raise ValueError("min_objects must be <= max_objects")
-        if self.min_radius > self.max_radius:
-            raise ValueError("min_radius must be <= max_radius")
+        check_ranges(self, (("min_objects", "max_objects"), ("min_radius", "max_radius")))
         for split in ("unlabelled", "probe_train", "probe_test"):
             if self.splits.get(split, 0) < 2:
                 raise ValueError(f"splits.{split} needs at least 2 images")
@@ -58,10 +55,7 @@ class SelfsupModelParams(Strict):
     projection_hidden: int = Field(ge=1)
     projection_dim: int = Field(ge=1)
 
-    @field_validator("channels", "dilations")
-    @classmethod
-    def _positive(cls, values: list[int]) -> list[int]:
-        return positive_list(values)
+    _positive = positive_lists("channels", "dilations")
 
 
 class SelfsupTrainParams(OptimParams):

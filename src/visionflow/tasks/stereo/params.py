@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from visionflow.config import DataParams, EvaluateParams, OptimParams, RegisterParams, Strict, TransformSpec
+from visionflow.config import (DataParams, EvaluateParams, OptimParams, RegisterParams, Strict, TransformSpec,
+                               check_ranges)
 
 
 class StereoSynthParams(Strict):
@@ -34,10 +35,7 @@ class StereoSynthParams(Strict):
 
     @model_validator(mode="after")
     def _ranges(self) -> "StereoSynthParams":
-        if self.min_objects > self.max_objects:
-            raise ValueError("min_objects must be <= max_objects")
-        if "train" not in self.splits or "test" not in self.splits:
-            raise ValueError("splits needs at least train and test")
+        check_ranges(self, (("min_objects", "max_objects"),), ("train", "test"))
         if not self.texture_weights or any(w < 0 for w in self.texture_weights.values()) \
                 or sum(self.texture_weights.values()) <= 0:
             raise ValueError("texture_weights needs a positive weight, none negative")
