@@ -42,8 +42,8 @@ def test_flow_runs_stages_as_task_runs_and_leaves_dvc_clean(tiny_project: Path, 
     report = json.loads(result.stdout.split("REPORT", 1)[1])
     assert [state for _, state in report["flow_runs"]] == ["COMPLETED"]
     tasks = yaml.safe_load((tiny_project / "params.yaml").read_text())["tasks"]
-    expected = {"acquire"} | {stage_name(stage, task) for task in tasks for stage in
-                              ("synthesize", "augment", "train", "evaluate", "register")}
+    expected = {"acquire", "report"} | {stage_name(stage, task) for task in tasks for stage in
+                                        ("synthesize", "augment", "train", "evaluate", "register")}
     assert report["task_runs"] == {name: "COMPLETED" for name in expected}
     assert json.loads((tiny_project / "metrics/segmentation.json").read_text())["mIoU"] >= 0
 
@@ -81,7 +81,9 @@ def test_the_flow_takes_stages_and_order_from_dvc(tiny_project: Path, project_en
     plan = flow_plan(tiny_project, project_env, None)
     names = [name for name, _ in plan]
     upstream = dict(plan)
-    assert len(names) == len(set(names)) == 1 + 4 * 5 + 1
+    assert len(names) == len(set(names)) == 1 + 4 * 5 + 1 + 1  # acquire, 4 families, pretrained, report
+    assert names[-1] == "report"  # after each family's register
+    assert {f"register-{task}" for task in ("segmentation", "selfsup", "detection", "pose")} <= set(upstream["report"])
     assert all(names.index(before) < names.index(name) for name, deps in plan for before in deps)
     assert upstream["pretrained-segmentation"] == ["train-selfsup"]
     assert "pretrained-segmentation" in upstream["train-segmentation"]

@@ -14,6 +14,7 @@ import yaml
 from conftest import BIN
 from visionflow.dag import stage_name
 from visionflow.data.disparity import read_pfm
+from visionflow.data.images import read_rgb
 from visionflow.stages import TASK_STAGES
 
 
@@ -39,6 +40,33 @@ def predict_from_registry_and_checkpoint(project: Path, env: dict, task: str) ->
                         str(image)], cwd=project, env=env, check=True, capture_output=True)
         outs.append(project / out)
     return outs[0], outs[1]
+
+
+def serve_champion(project: Path, env: dict, task: str, image: Path) -> np.ndarray:
+    """``visionflow serve`` of ``models:/visionflow-<task>@champion`` on a free port, one PNG
+    posted; the answer's per-class RLEs as a label map ``(H, W)``."""
+    from pycocotools import mask as mask_utils
+    from test_serve import post
+
+    server = subprocess.Popen([str(BIN / "visionflow"), "serve", "--task", task, "--model",
+                               f"models:/visionflow-{task}@champion", "--port", "0"], cwd=project, env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        for line in server.stderr:
+            found = re.search(r"on (http://127\.0\.0\.1:\d+)/invocations", line)
+            if found:
+                break
+        else:
+            pytest.fail("the server did not say where it listens")
+        status, answer = post(found.group(1), image.read_bytes(), "image/png")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert status == 200, answer
+    labels = np.zeros((answer["height"], answer["width"]), dtype=np.uint8)
+    for entry in answer["classes"]:
+        labels[mask_utils.decode(entry["rle"]).astype(bool)] = entry["index"]
+    return labels
 
 
 def lineage(project: Path, env: dict, model_uri: str) -> str:
@@ -99,6 +127,10 @@ def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path
     # The registered champion predicts exactly what the checkpoint does.
     registry, checkpoint = predict_from_registry_and_checkpoint(tiny_project, project_env, "segmentation")
     assert (registry / "000000_labels.png").read_bytes() == (checkpoint / "000000_labels.png").read_bytes()
+    # ... and so does the champion served over HTTP.
+    served = serve_champion(tiny_project, project_env, "segmentation",
+                            tiny_project / "data/synthetic/segmentation/images/test/000000.png")
+    np.testing.assert_array_equal(served, read_rgb(checkpoint / "000000_labels.png")[..., 0])
     if "pose" in tasks:  # crops in, keypoints out: the registered copy (torch.export) agrees too
         registry, checkpoint = predict_from_registry_and_checkpoint(tiny_project, project_env, "pose")
         registry = json.loads((registry / "000000_keypoints.json").read_text())
