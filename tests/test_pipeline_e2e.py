@@ -46,22 +46,10 @@ def serve_champion(project: Path, env: dict, task: str, image: Path) -> np.ndarr
     """``visionflow serve`` of ``models:/visionflow-<task>@champion`` on a free port, one PNG
     posted; the answer's per-class RLEs as a label map ``(H, W)``."""
     from pycocotools import mask as mask_utils
-    from test_serve import post
+    from test_serve import post, serve_command
 
-    server = subprocess.Popen([str(BIN / "visionflow"), "serve", "--task", task, "--model",
-                               f"models:/visionflow-{task}@champion", "--port", "0"], cwd=project, env=env,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        for line in server.stderr:
-            found = re.search(r"on (http://127\.0\.0\.1:\d+)/invocations", line)
-            if found:
-                break
-        else:
-            pytest.fail("the server did not say where it listens")
-        status, answer = post(found.group(1), image.read_bytes(), "image/png")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with serve_command(["--task", task, "--model", f"models:/visionflow-{task}@champion"], project, env) as url:
+        status, answer = post(url, image.read_bytes(), "image/png")
     assert status == 200, answer
     labels = np.zeros((answer["height"], answer["width"]), dtype=np.uint8)
     for entry in answer["classes"]:

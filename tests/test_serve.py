@@ -68,6 +68,24 @@ def post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+@contextmanager
+def serve_command(args: list[str], cwd: Path, env: dict):
+    """``visionflow serve ARGS --port 0`` as a user starts it; yields the URL it says it listens on."""
+    server = subprocess.Popen([str(BIN / "visionflow"), "serve", *args, "--port", "0"], cwd=cwd, env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        for line in server.stderr:
+            found = re.search(r"on (http://127\.0\.0\.1:\d+)/invocations", line)
+            if found:
+                break
+        else:
+            pytest.fail("the server did not say where it listens")
+        yield found.group(1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def b64(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode()
 
@@ -193,18 +211,7 @@ def test_serve_command_answers_for_a_trained_checkpoint(tmp_path, project_env):
 
     checkpoint = train_tiny("segmentation", tmp_path / "project")
     image = sorted((tmp_path / "project").rglob("*.png"))[0]
-    server = subprocess.Popen([str(BIN / "visionflow"), "serve", "--task", "segmentation", "--model", str(checkpoint),
-                               "--port", "0"], cwd=tmp_path, env=project_env, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in server.stderr:
-            found = re.search(r"on (http://127\.0\.0\.1:\d+)/invocations", line)
-            if found:
-                break
-        else:
-            pytest.fail("the server did not say where it listens")
-        status, answer = post(found.group(1), image.read_bytes(), "image/png")
+    with serve_command(["--task", "segmentation", "--model", str(checkpoint)], tmp_path, project_env) as url:
+        status, answer = post(url, image.read_bytes(), "image/png")
         assert status == 200 and answer["task"] == "segmentation", answer
         assert sum(c["pixels"] for c in answer["classes"]) == answer["height"] * answer["width"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
