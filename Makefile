@@ -70,14 +70,19 @@ pull: install
 flow: dag
 	$(BIN)/python pipelines/flow.py
 
-## deploy: the flow as deployment visionflow/visionflow on process work pool visionflow (needs `make ui`)
+## deploy: the flow as deployment visionflow/visionflow on process work pool visionflow (needs `make ui`);
+##   GPU_POOL=visionflow-gpu also sends train and evaluate stages to that pool
 ## worker: a Prefect worker that runs the deployment's flow runs; then `prefect deployment run visionflow/visionflow`
-.PHONY: deploy worker
-deploy worker: export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+## worker-gpu: a worker of the GPU pool, on the GPU machine (same project folder)
+GPU_POOL ?=
+.PHONY: deploy worker worker-gpu
+deploy worker worker-gpu: export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 deploy: install
-	$(BIN)/python pipelines/deploy.py
+	$(BIN)/python pipelines/deploy.py $(if $(GPU_POOL),--gpu-pool $(GPU_POOL))
 worker: install
 	$(BIN)/prefect worker start --pool visionflow
+worker-gpu: install
+	$(BIN)/prefect worker start --pool $(or $(GPU_POOL),visionflow-gpu)
 
 ## test: the fast test suite
 test: install

@@ -16,6 +16,14 @@ dvc.yaml's command in its own process, so families do not share seeds or threads
 and is then recorded in dvc.lock with ``dvc commit``: a ``dvc repro`` right after the
 flow has nothing to do. ``acquire`` is retried on failure (networks flake).
 
+GPU stages on a GPU machine: with ``gpu_deployment`` (``--gpu-deployment``, set by
+``pipelines/deploy.py --gpu-pool``), a ``train`` or ``evaluate`` stage that must run is
+handed to that deployment of the one-stage flow ``visionflow-stage``; a worker of its
+work pool (``make worker-gpu`` on the GPU machine) runs it, and the flow's task waits
+for it. Prefect sends flow runs, not task runs, to work pools: hence a deployment for
+the GPU stage group. The GPU worker must run in the same project folder (the same
+disk, or a shared one), since the stage's inputs and outputs are files there.
+
 The flow run is named after what it runs (``visionflow: 2 families @ 1a2b3c4``),
 tagged with the families, commit and params hash, and leaves a table artifact of
 each family's headline test metric with links to its MLflow runs.
@@ -77,9 +85,11 @@ from visionflow.stages import TASK_STAGES  # noqa: E402
 _DVC_LOCK = threading.Lock()  # DVC holds a repo-wide lock: one DVC call at a time
 UP_TO_DATE_TAG = "up-to-date"
 # Stages that use the GPU carry this tag: `prefect concurrency-limit create gpu 1` lets one
-# of them run at a time while the other families' CPU stages go on.
+# of them run at a time while the other families' CPU stages go on. With a GPU deployment,
+# they run as flow runs of STAGE_FLOW on the GPU work pool.
 ACCELERATOR_TAG = "gpu"
 ACCELERATOR_STAGES = ("train", "evaluate")
+STAGE_FLOW = "visionflow-stage"
 RETRIED_STAGES = ("acquire",)  # it downloads: networks flake
 LAST_FLOW_RUN: dict[str, str] = {}  # the id of this process's latest flow run, for its link
 
@@ -101,17 +111,25 @@ class PlannedStage:
         return self.name.partition("-")[2] or None
 
 
+def open_repo(root: Path):
+    """The DVC repo at ``root``, waiting for its lock when another process holds it (a GPU
+    worker's stage committing, a teammate's ``dvc status``): what ``dvc --wait-for-lock`` does."""
+    from dvc.repo import Repo
+
+    return Repo(str(root), _wait_for_lock=True)
+
+
 def pipeline_plan(root: Path, families: list[str] | None = None) -> list[PlannedStage]:
     """The stages of ``root/dvc.yaml`` from DVC's graph, each after the stages it depends on.
 
-    ``families``: only their stages and everything those depend on (None: every stage).
+    ``families``: only their stages, everything those depend on, and the report when it reads
+    nothing else (every family is named) (None: every stage).
     Stages that depend on nothing go first, then those that depend only on them, and so on
     (dvc.yaml's order within a step), so Prefect starts the families' stages side by side.
     """
     import networkx as nx
-    from dvc.repo import Repo
 
-    with _DVC_LOCK, Repo(str(root)) as repo:
+    with _DVC_LOCK, open_repo(root) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         order = {stage.addressing: i for i, stage in enumerate(repo.index.stages)}
         # Only pipeline stages run; a .dvc file's data (`dvc add`) is there already.
@@ -123,6 +141,9 @@ def pipeline_plan(root: Path, families: list[str] | None = None) -> list[Planned
             keep = set()
             for name in wanted:
                 keep |= {by_name[name], *nx.descendants(runnable, by_name[name])}
+            # A stage of no family (the report) comes along when every stage it reads is kept.
+            keep |= {stage for name, stage in by_name.items() if "-" not in name
+                     and (reads := set(runnable.successors(stage))) and reads <= keep}
             runnable = runnable.subgraph(keep)
         plan = []
         for generation in nx.topological_generations(runnable.reverse(copy=False)):
@@ -134,9 +155,7 @@ def pipeline_plan(root: Path, families: list[str] | None = None) -> list[Planned
 
 
 def stage_changed(root: Path, name: str) -> bool:
-    from dvc.repo import Repo
-
-    with _DVC_LOCK, Repo(str(root)) as repo:
+    with _DVC_LOCK, open_repo(root) as repo:
         return bool(repo.status(targets=[name]))
 
 
@@ -146,9 +165,8 @@ def stages_to_check(root: Path) -> set[str]:
     The rest are up to date and stay so during this flow: nothing upstream of them runs.
     """
     import networkx as nx
-    from dvc.repo import Repo
 
-    with _DVC_LOCK, Repo(str(root)) as repo:
+    with _DVC_LOCK, open_repo(root) as repo:
         changed = set(repo.status())
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         by_name = {stage.addressing: stage for stage in graph}
@@ -158,9 +176,7 @@ def stages_to_check(root: Path) -> set[str]:
 
 
 def dvc_commit(root: Path, name: str) -> None:
-    from dvc.repo import Repo
-
-    with _DVC_LOCK, Repo(str(root)) as repo:
+    with _DVC_LOCK, open_repo(root) as repo:
         repo.commit(name, force=True)
 
 
@@ -178,14 +194,27 @@ def _skipped(name: str) -> Completed:
                      data={"stage": name, "ran": False})
 
 
-def _run_stage(name: str, cmd: str, params_file: str, may_run: bool = True):
-    """Run one DVC stage if it is out of date; a Completed state named ``Skipped`` if not."""
+def _run_stage(name: str, cmd: str, params_file: str, may_run: bool = True, deployment: str | None = None):
+    """Run one DVC stage if it is out of date; a Completed state named ``Skipped`` if not.
+
+    ``deployment``: run it as a flow run of that deployment of :func:`visionflow_stage` (a GPU
+    work pool's worker takes it) and wait for it, instead of in this process.
+    """
     logger = get_run_logger()
     params_path = Path(params_file).resolve()
     root = params_path.parent
     if not may_run or not stage_changed(root, name):
         logger.info("%s is up to date (dvc status): nothing to run", name)
         return _skipped(name)
+    if deployment:
+        return run_on_deployment(deployment, name, cmd, params_path.relative_to(root).as_posix())
+    return execute_stage(name, cmd, params_path)
+
+
+def execute_stage(name: str, cmd: str, params_path: Path) -> dict:
+    """Run dvc.yaml's command for ``name`` in its own process, then record it in dvc.lock."""
+    logger = get_run_logger()
+    root = params_path.parent
     started = time.perf_counter()
     env = {**os.environ, "TQDM_DISABLE": "1"}  # progress bars make unreadable logs
     process = subprocess.Popen(stage_command(cmd, params_path), cwd=root, env=env,
@@ -202,21 +231,51 @@ def _run_stage(name: str, cmd: str, params_file: str, may_run: bool = True):
     return {"stage": name, "ran": True, "seconds": seconds}
 
 
+def run_on_deployment(deployment: str, name: str, cmd: str, params_file: str) -> dict:
+    """``name`` as a flow run of ``deployment`` (a child of this task run in the UI), once one of
+    its pool's workers has run it; raises if that run did not complete."""
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+    started = time.perf_counter()
+    logger.info("%s: handed to deployment %s; waiting for its work pool's worker", name, deployment)
+    child = run_deployment(deployment, parameters={"name": name, "cmd": cmd, "params_file": params_file},
+                           flow_run_name=name, timeout=None, poll_interval=2)
+    if child.state is None or not child.state.is_completed():
+        state = child.state.name if child.state else "no state"
+        raise RuntimeError(f"{name} did not complete on deployment {deployment} "
+                           f"(flow run {child.id}: {state})")
+    seconds = round(time.perf_counter() - started, 1)
+    logger.info("%s finished on deployment %s in %.1f s (flow run %s)", name, deployment, seconds, child.id)
+    return {"stage": name, "ran": True, "seconds": seconds, "flow_run": str(child.id)}
+
+
 # Results are small dicts and inputs plain strings: no caching or result persistence needed.
 run_stage = task(_run_stage, cache_policy=NO_CACHE, persist_result=False)
 run_retried_stage = task(_run_stage, cache_policy=NO_CACHE, persist_result=False,
                          retries=2, retry_delay_seconds=5)
 
 
-def _submit(stage: PlannedStage, params_file: str, planned: set[str], wait_for: list):
+@flow(name=STAGE_FLOW, flow_run_name="{name}", log_prints=True, persist_result=False)
+def visionflow_stage(name: str, cmd: str, params_file: str = "params.yaml") -> dict:
+    """One DVC stage that the pipeline flow found out of date, run in the worker's project folder
+    (``params_file`` is relative to it) and recorded in its dvc.lock: how GPU stages reach a GPU
+    work pool. Deployed by ``pipelines/deploy.py --gpu-pool``."""
+    return execute_stage(name, cmd, Path(params_file).resolve())
+
+
+def _submit(stage: PlannedStage, params_file: str, planned: set[str], wait_for: list,
+            gpu_deployment: str | None = None):
     may_run = stage.name in planned
     labels = [f"stage:{stage.kind}"] + ([f"family:{stage.family}"] if stage.family else []) \
         + ([] if may_run else [UP_TO_DATE_TAG])
+    deployment = None
     if stage.kind in ACCELERATOR_STAGES:
         labels.append(ACCELERATOR_TAG)
+        deployment = gpu_deployment
     stage_task = run_retried_stage if stage.kind in RETRIED_STAGES else run_stage
     return stage_task.with_options(task_run_name=stage.name, tags=labels).submit(
-        stage.name, stage.cmd, params_file, may_run, wait_for=wait_for)
+        stage.name, stage.cmd, params_file, may_run, deployment, wait_for=wait_for)
 
 
 def git_commit_short(root: Path) -> str:
@@ -234,8 +293,13 @@ def flow_run_name() -> str:
 
 
 @flow(name="visionflow", flow_run_name=flow_run_name, log_prints=True)
-def visionflow_pipeline(params_file: str = "params.yaml", tasks: list[str] | None = None) -> list[dict]:
-    """Every stage of dvc.yaml (or those ``tasks`` need), each once the stages it depends on are done."""
+def visionflow_pipeline(params_file: str = "params.yaml", tasks: list[str] | None = None,
+                        gpu_deployment: str | None = None) -> list[dict]:
+    """Every stage of dvc.yaml (or those ``tasks`` need), each once the stages it depends on are done.
+
+    ``gpu_deployment`` (e.g. ``visionflow-stage/gpu``): train and evaluate stages run as flow runs
+    of that deployment, on its work pool's workers, instead of in this flow's process.
+    """
     from visionflow import dag
 
     LAST_FLOW_RUN["id"] = str(current_flow_run.id)
@@ -251,7 +315,7 @@ def visionflow_pipeline(params_file: str = "params.yaml", tasks: list[str] | Non
     submitted: dict[str, object] = {}
     for stage in pipeline_plan(root, list(tasks) if tasks else None):
         submitted[stage.name] = _submit(stage, params_file, planned,
-                                        [submitted[name] for name in stage.upstream])
+                                        [submitted[name] for name in stage.upstream], gpu_deployment)
     futures = list(submitted.values())
     wait(futures)
     results = [future.result() for future in futures]
@@ -293,12 +357,14 @@ def report_artifact(root: Path, params, families: list[str], results: list[dict]
                              description="Headline test metric per family, and what this flow run ran")
 
 
-def run_pipeline(params_file: str, tasks: list[str] | None = None) -> list[dict]:
+def run_pipeline(params_file: str, tasks: list[str] | None = None,
+                 gpu_deployment: str | None = None) -> list[dict]:
     """The flow, tagged with what it runs: families, commit, params hash."""
     params_path = Path(params_file).resolve()
     families = tasks or load_params(params_path).tasks
     with tags(*run_tags(params_path, families)):
-        return visionflow_pipeline(params_file=str(params_path), tasks=list(families))
+        return visionflow_pipeline(params_file=str(params_path), tasks=list(families),
+                                   gpu_deployment=gpu_deployment)
 
 
 def run_tags(params_path: Path, families: list[str]) -> list[str]:
@@ -310,8 +376,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (its folder is the project)")
     parser.add_argument("--tasks", nargs="+", help="task families to run (default: params.yaml's tasks)")
+    parser.add_argument("--gpu-deployment", metavar="FLOW/NAME",
+                        help="run train and evaluate stages on this deployment's work pool, "
+                             "e.g. visionflow-stage/gpu (pipelines/deploy.py --gpu-pool creates it)")
     args = parser.parse_args()
-    results = run_pipeline(args.params, args.tasks)
+    results = run_pipeline(args.params, args.tasks, args.gpu_deployment)
     for result in results:
         ran = f"ran in {result['seconds']} s" if result["ran"] else "up to date"
         print(f"{result['stage']:<28} {ran}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -74,7 +75,7 @@ def flow_plan(project: Path, env: dict, families: list[str] | None) -> list[tupl
 
 def test_the_flow_takes_stages_and_order_from_dvc(tiny_project: Path, project_env: dict):
     """Each stage waits for the stages DVC says it depends on, cross-family ones included;
-    ``--tasks`` keeps a family's stages and what they need."""
+    ``--tasks`` keeps a family's stages and what they need, and the report only with every family."""
     write_project_params(tiny_project, tiny_params_dict(
         tasks=["segmentation", "selfsup", "detection", "pose"], pose={"evaluate": {"boxes": "detection"}},
         pretrained={"segmentation": "models/selfsup/best.ckpt"}))
@@ -92,3 +93,50 @@ def test_the_flow_takes_stages_and_order_from_dvc(tiny_project: Path, project_en
     only_pose = [name for name, _ in flow_plan(tiny_project, project_env, ["pose"])]
     assert set(only_pose) == {"acquire", "synthesize-pose", "augment-pose", "train-pose", "evaluate-pose",
                               "register-pose", "synthesize-detection", "train-detection"}
+    # Every family named: the report, which reads them all, comes along.
+    every_family = flow_plan(tiny_project, project_env, ["segmentation", "selfsup", "detection", "pose"])
+    assert every_family == plan
+
+
+HOLD_DVC_LOCK = """
+import time
+from dvc.repo import Repo
+Repo(".").lock.lock()
+print("locked", flush=True)
+time.sleep(600)  # until killed: the lock goes with the process
+"""
+
+STAGE_CHANGED = """
+import sys, time
+sys.path.insert(0, {pipelines!r})
+from pathlib import Path
+from flow import stage_changed
+print("ready", flush=True)
+started = time.perf_counter()
+changed = stage_changed(Path("."), {stage!r})
+print(round(time.perf_counter() - started, 1), changed, flush=True)
+"""
+
+
+def test_the_flow_waits_for_dvcs_lock_while_another_process_holds_it(tiny_project: Path, project_env: dict):
+    """A GPU worker's stage (another process) may hold DVC's repo lock; plain DVC gives up after
+    3 s, the flow's DVC calls wait until it is free."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_DVC_LOCK], cwd=tiny_project, env=project_env,
+                              stdout=subprocess.PIPE, text=True)
+    script = STAGE_CHANGED.format(pipelines=str(REPO / "pipelines"), stage="synthesize-segmentation")
+    checker = subprocess.Popen([sys.executable, "-c", script], cwd=tiny_project, env=project_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert checker.stdout.readline().strip() == "ready"
+        time.sleep(4.5)  # past DVC's own 3 s of retries
+        assert checker.poll() is None  # still waiting, not failed
+        holder.kill()
+        out, err = checker.communicate(timeout=60)
+        assert checker.returncode == 0, err[-3000:]
+        waited, changed = out.split()
+        assert float(waited) >= 4.5 and changed == "True"  # never run: out of date
+    finally:
+        for process in (holder, checker):
+            process.kill()
+            process.wait()
