@@ -66,7 +66,7 @@ def deploy(root: Path, pool: str, params_file: str = "params.yaml", tasks: list[
     source = flow.from_source(source=str(root), entrypoint=ENTRYPOINT)
     deployment_id = source.deploy(name=DEPLOYMENT, work_pool_name=pool, build=False, push=False,
                                   parameters=parameters, tags=run_tags(root / params_file, list(families)),
-                                  print_next_steps=False)
+                                  print_next_steps=False, ignore_warnings=True)
     return str(deployment_id)
 
 
@@ -75,7 +75,7 @@ def deploy_gpu_stages(root: Path, pool: str, limit: int | None) -> str:
     asyncio.run(ensure_process_pool(pool, limit))
     source = flow.from_source(source=str(root), entrypoint=STAGE_ENTRYPOINT)
     source.deploy(name=GPU_DEPLOYMENT, work_pool_name=pool, build=False, push=False,
-                  tags=[ACCELERATOR_TAG], print_next_steps=False)
+                  tags=[ACCELERATOR_TAG], print_next_steps=False, ignore_warnings=True)
     return f"{STAGE_FLOW}/{GPU_DEPLOYMENT}"
 
 
