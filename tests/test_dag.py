@@ -218,3 +218,27 @@ def test_dvc_status_after_editing_centernet_or_retraining_detection(tmp_path, pr
     (project / "models" / "detection" / "best.ckpt").write_text("retrained\n")  # train-detection's out
     assert set(json.loads(dvc("status", "--json"))) == {"train-detection", "evaluate-detection",
                                                         "register-detection", "evaluate-pose"}
+
+
+def test_plain_dvc_repro_refuses_a_dvc_yaml_made_for_other_params(tiny_project, project_env):
+    """``tasks`` changed in params.yaml without `visionflow dag`: the first stage `dvc repro`
+    runs stops with one line naming the stale dvc.yaml and the fix, and writes nothing."""
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["tasks"] = ["segmentation", "stereo"]  # dvc.yaml still has segmentation's stages only
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repro = subprocess.run([str(BIN / "dvc"), "repro", "synthesize-segmentation"], cwd=tiny_project,
+                           env=project_env, capture_output=True, text=True, timeout=300)
+    assert repro.returncode != 0
+    message = [line for line in repro.stderr.splitlines() if line.startswith("visionflow: ")]
+    assert len(message) == 1, repro.stderr
+    assert "dvc.yaml: out of date" in message[0] and "stages missing: synthesize-stereo" in message[0]
+    assert "`visionflow dag`" in message[0] and "`make repro`" in message[0]
+    assert not (tiny_project / "data" / "synthetic" / "segmentation").exists()
+
+    regenerated = subprocess.run([str(BIN / "visionflow"), "dag"], cwd=tiny_project, env=project_env,
+                                 capture_output=True, text=True, timeout=120)
+    assert regenerated.returncode == 0, regenerated.stderr
+    repro = subprocess.run([str(BIN / "dvc"), "repro", "synthesize-segmentation"], cwd=tiny_project,
+                           env=project_env, capture_output=True, text=True, timeout=300)
+    assert repro.returncode == 0, repro.stderr[-3000:]
+    assert (tiny_project / "data" / "synthetic" / "segmentation").is_dir()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -275,6 +276,12 @@ def dispatch(args: argparse.Namespace) -> dict:
 
         print(summary(params, root))
         return None
+    if os.environ.get("DVC_STAGE"):  # run by `dvc repro`: refuse a dvc.yaml made for other params
+        from visionflow import dag
+
+        stale = dag.difference(root, params)
+        if stale is not None:
+            raise ConfigError(f"{stale} (plain `dvc repro` does not rewrite it; `make repro` does)")
     stage = importlib.import_module(f"visionflow.stages.{args.command}")
     if args.command == "acquire":
         return stage.run(params, root, progress=not args.no_progress)
