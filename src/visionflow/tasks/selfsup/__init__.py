@@ -32,6 +32,32 @@ def project_dirs(data_root: Path) -> tuple[Path, Path]:
     return TaskPaths("selfsup", root).synthetic, root / RAW_DIR
 
 
+def batch_views(params: "SelfsupParams") -> Any:
+    """``TwoViews`` of ``selfsup.augment`` run on whole batches (kornia)."""
+    from visionflow.batch_augment import TwoViews, build_batch_augment
+
+    return TwoViews(build_batch_augment(params.augment, "selfsup.augment"))
+
+
+def preview_views(params: "SelfsupParams", images: list) -> list:
+    """Two views of each uint8 (S, S, 3) image, drawn as training draws them, from
+    ``train.seed``: a list of (view_1, view_2), uint8 (s, s, 3)."""
+    if params.augment_on == "device":
+        import torch
+
+        from visionflow.data.batching import image_to_tensor
+
+        batch = torch.stack([image_to_tensor(image) for image in images])
+        first, second = batch_views(params).seeded(batch, params.train.seed)
+        as_uint8 = [(view * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy() for view in (first, second)]
+        return list(zip(*as_uint8))
+    from visionflow.augment import build_transforms
+    from visionflow.tasks.selfsup.data import two_views
+
+    pipeline = build_transforms(params.augment, "selfsup.augment", seed=params.train.seed)
+    return [two_views(pipeline, image) for image in images]
+
+
 @register_task
 class Selfsup(TaskFamily):
     name = "selfsup"
@@ -59,25 +85,18 @@ class Selfsup(TaskFamily):
     def augment_preview(self, params: "SelfsupParams", data_root: Path, preview_png: Path) -> dict:
         import numpy as np
 
-        from visionflow.augment import build_transforms
         from visionflow.config import ConfigError
-        from visionflow.tasks.selfsup.data import (load_image, resolve_sources, two_views,
-                                                   unlabelled_images)
+        from visionflow.tasks.selfsup.data import load_image, resolve_sources, unlabelled_images
         from visionflow.viz import save_grid
-
-        def pipeline():
-            return build_transforms(params.augment, "selfsup.augment", seed=params.train.seed)
 
         synthetic, raw = project_dirs(data_root)
         folders = resolve_sources(synthetic, raw, params.data.source, params.data.extra_unlabelled)
         paths = unlabelled_images(folders[0])[:8]
-        first, replay = pipeline(), pipeline()
-        rows, differences, reproducible = [], [], True
-        for path in paths:
-            image = load_image(path, params.data.image_size)
-            views = two_views(first, image)
-            again = two_views(replay, image)
-            reproducible &= all(np.array_equal(a, b) for a, b in zip(views, again))
+        images = [load_image(path, params.data.image_size) for path in paths]
+        pairs, again = preview_views(params, images), preview_views(params, images)
+        reproducible = all(np.array_equal(a, b) for pair, other in zip(pairs, again) for a, b in zip(pair, other))
+        rows, differences = [], []
+        for path, image, views in zip(paths, images, pairs):
             if views[0].shape != views[1].shape:
                 raise ConfigError(f"selfsup.augment: views of {path} come out in different sizes "
                                   f"{views[0].shape} and {views[1].shape}; end with a fixed-size crop")
@@ -100,6 +119,10 @@ class Selfsup(TaskFamily):
         synthetic, raw = project_dirs(data_root)
         folders = resolve_sources(synthetic, raw, params.data.source, params.data.extra_unlabelled)
         seed = params.train.seed
+        if params.augment_on == "device":
+            return SelfsupDataModule(folders, params.data.image_size, params.data.val_fraction,
+                                     params.train.batch_size, None, None, seed=seed,
+                                     batch_views=batch_views(params), **loader_settings(trainer))
         return SelfsupDataModule(
             folders, params.data.image_size, params.data.val_fraction, params.train.batch_size,
             build_transforms(params.augment, "selfsup.augment", seed=seed),
@@ -109,7 +132,10 @@ class Selfsup(TaskFamily):
     def module(self, params: "SelfsupParams", datamodule: Any):
         from visionflow.tasks.selfsup.module import SelfsupModule
 
-        return SelfsupModule(params.model, params.train)
+        module = SelfsupModule(params.model, params.train)
+        if params.augment_on == "device":
+            module.views = batch_views(params)
+        return module
 
     def load_module(self, checkpoint: Path):
         from visionflow.models.checkpoints import build_from_checkpoint

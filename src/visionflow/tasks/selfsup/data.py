@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from visionflow.batch_augment import TwoViews
 from visionflow.data.batching import TrainValLoaders, image_to_tensor, reseed_albumentations
 from visionflow.data.images import list_images, read_rgb
 
@@ -143,11 +144,42 @@ class TwoViewDataset(Dataset):
         return image_to_tensor(first), image_to_tensor(second)
 
 
+class ImageDataset(Dataset):
+    """Items are float32 (3, S, S) images in [0, 1], decoded once: the views are drawn on the
+    device, for the whole batch (``selfsup.augment_on: device``)."""
+
+    def __init__(self, paths: list[Path], size: int):
+        self.paths, self.size = list(paths), size
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def reseed(self, seed: int) -> None:
+        """Nothing random happens here."""
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if index not in self._cache:
+            self._cache[index] = image_to_tensor(load_image(self.paths[index], self.size))
+        return self._cache[index]
+
+
 class FixedPairs(Dataset):
     """Pairs drawn once (seeded) and kept: a validation loss that means the same every epoch."""
 
-    def __init__(self, source: TwoViewDataset):
-        self.pairs = [source[i] for i in range(len(source))]
+    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.pairs = pairs
+
+    @classmethod
+    def per_image(cls, source: TwoViewDataset) -> "FixedPairs":
+        """Each image's two views from the loader's pipeline (seeded when it was built)."""
+        return cls([source[i] for i in range(len(source))])
+
+    @classmethod
+    def batched(cls, source: ImageDataset, views: TwoViews, seed: int) -> "FixedPairs":
+        """Every image's two views from the batched pipeline, drawn from ``seed``."""
+        first, second = views.seeded(torch.stack([source[i] for i in range(len(source))]), seed)
+        return cls(list(zip(first, second)))
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -168,11 +200,15 @@ def split_train_val(paths: list[Path], val_fraction: float) -> tuple[list[Path],
 
 
 class SelfsupDataModule(TrainValLoaders):
-    """Two views of each unlabelled image for training; fixed pairs for the validation loss."""
+    """Two views of each unlabelled image for training; fixed pairs for the validation loss.
+
+    With ``batch_views`` (views drawn on the device), training batches are the images alone
+    (N, 3, S, S) and ``SelfsupModule`` draws the views; the transforms are then unused.
+    """
 
     def __init__(self, folders: list[Path], size: int, val_fraction: float, batch_size: int,
                  train_transform: Any, val_transform: Any, num_workers: int = 0, seed: int = 0,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, batch_views: TwoViews | None = None):
         paths = [p for folder in folders for p in unlabelled_images(folder)]
         train_paths, val_paths = split_train_val(paths, val_fraction)
         if len(train_paths) < batch_size:
@@ -180,8 +216,12 @@ class SelfsupDataModule(TrainValLoaders):
                              f"{len(train_paths)} unlabelled training images")
         self.size, self.batch_size = size, batch_size
         self.num_workers, self.seed, self.pin_memory = num_workers, seed, pin_memory
-        self.train = TwoViewDataset(train_paths, size, train_transform)
-        self.val = FixedPairs(TwoViewDataset(val_paths, size, val_transform))
+        if batch_views is None:
+            self.train = TwoViewDataset(train_paths, size, train_transform)
+            self.val = FixedPairs.per_image(TwoViewDataset(val_paths, size, val_transform))
+        else:
+            self.train = ImageDataset(train_paths, size)
+            self.val = FixedPairs.batched(ImageDataset(val_paths, size), batch_views, seed + 1)
 
     def val_dataloader(self) -> DataLoader:
         # NT-Xent needs >= 2 rows: never leave a last batch of one.

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from visionflow.batch_augment import TwoViews
 from visionflow.losses import nt_xent_loss
 from visionflow.tasks.lightning_base import TaskModule, saved_section
 from visionflow.tasks.selfsup.contrastive import ContrastiveNet
@@ -13,7 +14,9 @@ from visionflow.tasks.selfsup.params import SelfsupModelParams, SelfsupTrainPara
 
 
 class SelfsupModule(TaskModule):
-    """Batches are (view_1 (N, 3, H, W), view_2 (N, 3, H, W)), float in [0, 1].
+    """Batches are (view_1 (N, 3, H, W), view_2 (N, 3, H, W)), float in [0, 1]; or, with
+    ``views`` set (views drawn on the device), training batches are images (N, 3, H, W) and
+    the two views are drawn here, after the batch reached the device.
 
     ``net.encoder`` is the shared U-Net encoder; ``net.embedding`` pools it to
     (N, D); ``net.head`` projects for the loss and is dropped after pretraining.
@@ -21,6 +24,7 @@ class SelfsupModule(TaskModule):
 
     task_name = "selfsup"
     optim: SelfsupTrainParams
+    views: TwoViews | None = None  # set for training by the family when selfsup.augment_on is device
 
     def __init__(self, model: SelfsupModelParams, optim: SelfsupTrainParams):
         super().__init__(optim)
@@ -38,6 +42,11 @@ class SelfsupModule(TaskModule):
         """images (N, 3, H, W) -> projections (N, projection_dim)."""
         # channels-last lets oneDNN (CPU) and tensor cores (GPU) run the convolutions faster
         return self.net(images.contiguous(memory_format=torch.channels_last))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.views is not None and isinstance(batch, torch.Tensor):
+            return self.views(batch)
+        return batch
 
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor]):
         first, second = batch
