@@ -28,7 +28,8 @@ def test_family_forward_backward_and_export(name, tiny_params, tmp_path):
 
     datamodule = family.datamodule(params, paths.data_root(params.data.source), TrainerParams())
     module = family.module(params, datamodule)
-    batch = next(iter(datamodule.train_dataloader()))
+    # As Lightning hands it over: through the hook that runs once the batch is on the device.
+    batch = module.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     outputs, losses = module.model_step(batch)
     assert torch.isfinite(losses["loss"])
     losses["loss"].backward()
