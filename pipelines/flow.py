@@ -256,6 +256,25 @@ run_retried_stage = task(_run_stage, cache_policy=NO_CACHE, persist_result=False
                          retries=2, retry_delay_seconds=5)
 
 
+def check_gpu_deployment(name: str) -> None:
+    """Raise ValueError, in one line, when GPU stages could not reach ``name``'s workers: no
+    Prefect server they share (a temporary one is this process's alone), or no such deployment.
+    Checked before any stage runs, not when the first GPU stage would wait for ever."""
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        raise ValueError(f"gpu deployment {name!r}: needs a Prefect server its workers reach "
+                         f"(`make ui`, or PREFECT_API_URL); this flow would run on a temporary one")
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise ValueError(f"gpu deployment {name!r}: not on {api}; create it with "
+                             f"`pipelines/deploy.py --gpu-pool <pool>` (make deploy GPU_POOL=...)") from None
+
+
 @flow(name=STAGE_FLOW, flow_run_name="{name}", log_prints=True, persist_result=False)
 def visionflow_stage(name: str, cmd: str, params_file: str = "params.yaml") -> dict:
     """One DVC stage that the pipeline flow found out of date, run in the worker's project folder
@@ -303,6 +322,8 @@ def visionflow_pipeline(params_file: str = "params.yaml", tasks: list[str] | Non
     from visionflow import dag
 
     LAST_FLOW_RUN["id"] = str(current_flow_run.id)
+    if gpu_deployment:
+        check_gpu_deployment(gpu_deployment)
     params = load_params(params_file)
     families = tasks or params.tasks
     for family in families:
@@ -380,6 +401,12 @@ def main() -> int:
                         help="run train and evaluate stages on this deployment's work pool, "
                              "e.g. visionflow-stage/gpu (pipelines/deploy.py --gpu-pool creates it)")
     args = parser.parse_args()
+    if args.gpu_deployment:
+        try:
+            check_gpu_deployment(args.gpu_deployment)
+        except ValueError as exc:
+            print(f"flow.py: --gpu-deployment: {exc}", file=sys.stderr)
+            return 2
     results = run_pipeline(args.params, args.tasks, args.gpu_deployment)
     for result in results:
         ran = f"ran in {result['seconds']} s" if result["ran"] else "up to date"

@@ -61,6 +61,11 @@ def test_workers_run_a_deployment_of_two_families_with_gpu_stages_on_the_gpu_poo
     workers = []
     try:
         wait_for(f"{prefect}/api/health")
+        early = subprocess.run([sys.executable, str(REPO / "pipelines" / "flow.py"), "--gpu-deployment",
+                                "visionflow-stage/gpu"], cwd=tiny_project, env=env, capture_output=True,
+                               text=True, timeout=120)  # not deployed yet: refused before any stage
+        assert early.returncode == 2 and "'visionflow-stage/gpu': not on http://127.0.0.1:" in early.stderr
+        assert not (tiny_project / "data").exists()
         subprocess.run([sys.executable, str(REPO / "pipelines" / "deploy.py"), "--project", str(tiny_project),
                         "--limit", "1", "--gpu-pool", "visionflow-gpu", "--gpu-limit", "1"],
                        cwd=tiny_project, env=env, check=True, capture_output=True, timeout=120)

@@ -140,3 +140,16 @@ def test_the_flow_waits_for_dvcs_lock_while_another_process_holds_it(tiny_projec
         for process in (holder, checker):
             process.kill()
             process.wait()
+
+
+def test_a_gpu_deployment_without_a_shared_server_stops_before_any_stage(tiny_project: Path, project_env: dict):
+    """Without PREFECT_API_URL the flow runs on a temporary server no worker reaches: GPU stages
+    handed to a deployment would wait for ever, so the flow refuses at once, in one line."""
+    result = subprocess.run([sys.executable, str(REPO / "pipelines" / "flow.py"), "--params",
+                             str(tiny_project / "params.yaml"), "--gpu-deployment", "visionflow-stage/gpu"],
+                            cwd=tiny_project, env=project_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "flow.py: --gpu-deployment: gpu deployment 'visionflow-stage/gpu': needs a Prefect server its "
+        "workers reach (`make ui`, or PREFECT_API_URL); this flow would run on a temporary one"]
+    assert not (tiny_project / "data").exists()
