@@ -8,6 +8,9 @@
   processes), and the next epoch draws others (``set_epoch`` reaches our sampler).
   ``EpochHistory`` writes its CSV from rank zero only, one row per epoch, with metrics
   reduced across ranks; both ranks end with the same weights (gradients all-reduced).
+- ``test_ddp_ranks_draw_their_own_device_views`` (fast): self-supervision's views drawn on the
+  device (kornia) come from a stream per rank: the same images get different views on the
+  two ranks.
 - ``test_ddp_training_on_two_cpu_processes`` (slow): ``visionflow train`` through the
   real CLI with ``strategy=ddp``: one MLflow run, outputs written once.
 """
@@ -113,16 +116,47 @@ def fit_on_two_ranks(out: Path) -> None:
     trainer.fit(module, train_dataloaders=Loaders().train_dataloader())
 
 
-def single_process_epoch(epoch: int) -> list[tuple[int, int]]:
-    sampler = EpochSampler(SIZE, SEED)
-    sampler.set_epoch(epoch)
-    return list(sampler)
+class FirstViews(Callback):
+    """Saves the views of the first training batch (after ``on_after_batch_transfer``), per rank."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == 0:
+            torch.save(batch, self.out / f"views-rank{trainer.global_rank}.pt")
 
 
-def test_ddp_fit_shards_seeded_epochs_and_syncs_weights(tmp_path: Path):
+def selfsup_on_two_ranks(out: Path) -> None:
+    """One step of selfsup on two ranks, every image the same: the views differ only by the draws."""
+    from conftest import tiny_params_dict
+    from visionflow.config import parse_params
+    from visionflow.data.images import write_png
+    from visionflow.tasks import get_task
+    from visionflow.tasks.selfsup import batch_views
+    from visionflow.tasks.selfsup.data import SelfsupDataModule
+    from visionflow.training import EpochSeeding
+
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    (out / "images").mkdir()
+    for i in range(24):
+        write_png(out / "images" / f"{i:02d}.png", image)
+    params = parse_params(tiny_params_dict(tasks=["selfsup"])).selfsup
+    data = SelfsupDataModule([out / "images"], 32, 0.25, BATCH, None, None, seed=SEED, batch_views=batch_views(params))
+    module = get_task("selfsup").module(params, data)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy=DDPStrategy(start_method="fork",
+                                                                          process_group_backend="gloo"),
+                        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=out, num_sanity_val_steps=0,
+                        limit_val_batches=0, callbacks=[EpochSeeding(SEED), FirstViews(out)])
+    trainer.fit(module, train_dataloaders=data.train_dataloader())
+
+
+def run_two_ranks(mode: str, out: Path) -> None:
+    """``python test_ddp.py MODE OUT`` in a fresh interpreter, killed with its ranks if it hangs."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     env.pop("MASTER_PORT", None)
-    process = subprocess.Popen([sys.executable, __file__, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, __file__, mode, str(out)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = process.communicate(timeout=120)
@@ -131,6 +165,16 @@ def test_ddp_fit_shards_seeded_epochs_and_syncs_weights(tmp_path: Path):
         output, _ = process.communicate()
         pytest.fail(f"two-rank fit hung:\n{output[-3000:]}")
     assert process.returncode == 0, output[-3000:]
+
+
+def single_process_epoch(epoch: int) -> list[tuple[int, int]]:
+    sampler = EpochSampler(SIZE, SEED)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_ddp_fit_shards_seeded_epochs_and_syncs_weights(tmp_path: Path):
+    run_two_ranks("loader", tmp_path)
 
     seen = {(rank, epoch): [tuple(p) for p in json.loads((tmp_path / f"rank{rank}-epoch{epoch}.json").read_text())]
             for rank in (0, 1) for epoch in range(EPOCHS)}
@@ -152,6 +196,13 @@ def test_ddp_fit_shards_seeded_epochs_and_syncs_weights(tmp_path: Path):
     for key in weights[2]:
         torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0)
         assert not torch.equal(weights[0][key], weights[2][key])
+
+
+def test_ddp_ranks_draw_their_own_device_views(tmp_path: Path):
+    run_two_ranks("selfsup", tmp_path)
+    rank0, rank1 = (torch.load(tmp_path / f"views-rank{rank}.pt") for rank in (0, 1))
+    assert rank0[0].shape == rank1[0].shape == (BATCH, 3, 32, 32)
+    assert not torch.equal(rank0[0], rank1[0]) and not torch.equal(rank0[1], rank1[1])
 
 
 @pytest.mark.slow
@@ -177,4 +228,4 @@ def test_ddp_training_on_two_cpu_processes(tiny_project: Path, project_env: dict
 
 
 if __name__ == "__main__":
-    fit_on_two_ranks(Path(sys.argv[1]))
+    {"loader": fit_on_two_ranks, "selfsup": selfsup_on_two_ranks}[sys.argv[1]](Path(sys.argv[2]))

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from visionflow.batch_augment import TwoViews
+from visionflow.data.batching import derived_seed
 from visionflow.losses import nt_xent_loss
 from visionflow.tasks.lightning_base import TaskModule, saved_section
 from visionflow.tasks.selfsup.contrastive import ContrastiveNet
@@ -42,6 +43,13 @@ class SelfsupModule(TaskModule):
         """images (N, 3, H, W) -> projections (N, projection_dim)."""
         # channels-last lets oneDNN (CPU) and tensor cores (GPU) run the convolutions faster
         return self.net(images.contiguous(memory_format=torch.channels_last))
+
+    def on_train_epoch_start(self) -> None:
+        """Under DDP, each rank draws its views from a stream of its own. ``EpochSeeding`` (which
+        runs first) seeds every rank alike, which would give the same crop and jitter to the
+        same batch position on every rank. One process is left as it is."""
+        if self.views is not None and self.trainer.world_size > 1:
+            torch.manual_seed(derived_seed(torch.initial_seed(), self.global_rank))
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.views is not None and isinstance(batch, torch.Tensor):
