@@ -207,7 +207,7 @@ def _run_stage(name: str, cmd: str, params_file: str, may_run: bool = True, depl
         logger.info("%s is up to date (dvc status): nothing to run", name)
         return _skipped(name)
     if deployment:
-        return run_on_deployment(deployment, name, cmd, params_path.relative_to(root).as_posix())
+        return run_on_deployment(deployment, name, cmd, params_path.name)  # beside dvc.yaml
     return execute_stage(name, cmd, params_path)
 
 

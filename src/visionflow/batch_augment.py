@@ -12,8 +12,9 @@ the same in params either way; each name maps to the kornia transform that does 
     ColorJitter {brightness, contrast, saturation, hue} -> ColorJitter (torchvision's ranges)
     ToGray                                   -> RandomGrayscale
 
-Random draws come from torch's global generator (on the device), which
-``training.EpochSeeding`` seeds per epoch: a rerun draws the same views, a resumed run too.
+Kornia draws each batch's parameters from torch's global CPU generator (then applies them on
+the batch's device), which ``training.EpochSeeding`` seeds per epoch: a rerun draws the same
+views, a resumed run too.
 """
 
 from __future__ import annotations
