@@ -26,7 +26,9 @@ def test_stages_write_their_outputs_and_the_registered_model_predicts(task, mode
     counts = synthesize.run(params, task, tmp_path, progress=False)
     assert counts["train"]["images"] == 8
     check = augment.run(params, task, tmp_path)
-    assert check["min_mask_agreement"] >= 0.98 and check["max_box_miss_px"] <= 1.5
+    assert check["masks_checked"] and check["max_box_miss_px"] <= 1.5
+    if task == "instance_segmentation":  # albumentations in the loader (detection: on the device)
+        assert check["min_mask_agreement"] >= 0.98
     assert paths.augment_preview.is_file()
     summary = train.run(params, task, tmp_path)
     assert summary["monitor"] == get_task(task).monitor and paths.best_checkpoint.is_file()

@@ -152,3 +152,23 @@ def test_a_run_with_loader_processes_resumes_exactly(setup, monkeypatch):
     for name, value in weights(paths.last_checkpoint).items():
         assert torch.equal(value, resumed[name]), name
     assert paths.last_checkpoint.read_bytes() == resumed_bytes
+
+
+def test_augmentation_drawn_on_the_device_resumes_to_the_uninterrupted_bytes(tiny_params, tmp_path, monkeypatch):
+    """Pose augments its crops on the device (``pose.augment_on: device``), drawing from torch's
+    generator that ``EpochSeeding`` seeds per epoch: a run killed mid-epoch resumes to the bytes
+    of one that was not."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    family, params = get_task("pose"), tiny_params.pose
+    assert params.augment_on == "device"
+    params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 2})})
+    paths = TaskPaths("pose", tmp_path)
+    family.synthesize(params, paths.synthetic, progress=False)
+    with pytest.raises(Interrupt):
+        train_task(family, params, tiny_params.trainer, tiny_params.tracking, paths,
+                   extra_callbacks=[InterruptMidEpoch(1)])
+    assert train_task(family, params, tiny_params.trainer, tiny_params.tracking, paths)["resumed_from"]
+    resumed = {path: path.read_bytes() for path in (paths.best_checkpoint, paths.last_checkpoint)}
+    assert train_task(family, params, tiny_params.trainer, tiny_params.tracking, paths)["resumed_from"] is None
+    for path, content in resumed.items():
+        assert path.read_bytes() == content, path.name

@@ -9,8 +9,14 @@ the same in params either way; each name maps to the kornia transform that does 
     RandomResizedCrop {size, scale, ratio}   -> kornia RandomResizedCrop
     HorizontalFlip, VerticalFlip             -> RandomHorizontalFlip, RandomVerticalFlip
     RandomRotate90                           -> RandomRotation90 (0-3 quarter turns)
+    Affine {scale, rotate, translate_percent} -> RandomAffine (each a [min, max] list;
+                                                translate symmetric, [-t, t])
     ColorJitter {brightness, contrast, saturation, hue} -> ColorJitter (torchvision's ranges)
     ToGray                                   -> RandomGrayscale
+
+Families with boxes or keypoints move them with the draw: :class:`PointAugment` returns, with the
+images, each image's 3x3 matrix from input to output pixel coordinates (pixel centres at integers),
+which :func:`move_points` applies.
 
 Kornia draws each batch's parameters from torch's global CPU generator (then applies them on
 the batch's device), which ``training.EpochSeeding`` seeds per epoch: a rerun draws the same
@@ -33,6 +39,7 @@ BATCHED_TRANSFORMS: dict[str, frozenset[str]] = {
     "HorizontalFlip": frozenset(),
     "VerticalFlip": frozenset(),
     "RandomRotate90": frozenset(),
+    "Affine": frozenset({"scale", "rotate", "translate_percent"}),
     "ColorJitter": frozenset({"brightness", "contrast", "saturation", "hue"}),
     "ToGray": frozenset(),
 }
@@ -49,6 +56,22 @@ def check_batched(specs: Sequence[TransformSpec], key_path: str) -> None:
         if unknown:
             raise ValueError(f"{where}.kwargs: {spec.name} on the device takes "
                              f"{sorted(BATCHED_TRANSFORMS[spec.name]) or 'no arguments'}, not {unknown}")
+        if spec.name == "Affine":
+            for key, value in spec.kwargs.items():
+                _value_range(value, f"{where}.kwargs.{key}")
+            low, high = _value_range(spec.kwargs.get("translate_percent", [0, 0]), where)
+            if low != -high:
+                raise ValueError(f"{where}.kwargs.translate_percent: on the device a shift is symmetric, "
+                                 f"[-t, t]; got [{low}, {high}]")
+
+
+def _value_range(value: Any, where: str) -> tuple[float, float]:
+    """A ``[min, max]`` list of two numbers as a tuple (scalars are refused: albumentations reads
+    them differently per argument)."""
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) or value[0] > value[1]):
+        raise ValueError(f"{where}: expected a [min, max] list of two numbers, got {value!r}")
+    return float(value[0]), float(value[1])
 
 
 def _kornia_transform(spec: TransformSpec) -> Any:
@@ -64,6 +87,11 @@ def _kornia_transform(spec: TransformSpec) -> Any:
         return K.RandomVerticalFlip(p=p)
     if spec.name == "RandomRotate90":
         return K.RandomRotation90(times=(0, 3), p=p)
+    if spec.name == "Affine":
+        shift = _value_range(kwargs.get("translate_percent", [0, 0]), "translate_percent")[1]
+        return K.RandomAffine(degrees=_value_range(kwargs.get("rotate", [0, 0]), "rotate"),
+                              translate=(shift, shift) if shift else None,
+                              scale=_value_range(kwargs.get("scale", [1, 1]), "scale"), p=p)
     if spec.name == "ColorJitter":  # albumentations' defaults where a range is not given
         return K.ColorJitter(*(kwargs.get(k, 0.2) for k in ("brightness", "contrast", "saturation", "hue")), p=p)
     return K.RandomGrayscale(p=p)  # ToGray
@@ -102,3 +130,86 @@ class TwoViews:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return self(images)
+
+
+class PointAugment:
+    """A batched pipeline that also says where each pixel went, for boxes and keypoints to follow.
+
+    ``augment(images)`` -> (images (N, 3, h, w) clamped to [0, 1], matrices (N, 3, 3) from input
+    to output pixel coordinates, pixel centres at integers). ``replay(images)``: the last draw
+    again, on other images of the same batch size (the augment previews' probes). Not an
+    ``nn.Module``: it holds no weights, so checkpoints stay the network's alone.
+    """
+
+    def __init__(self, pipeline: Any):
+        self.pipeline = pipeline
+
+    def __call__(self, images: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+        import torch
+
+        with torch.no_grad():
+            out = self.pipeline(images)
+        matrices = self.pipeline.transform_matrix
+        if matrices is None:  # no geometric transform in the list
+            matrices = torch.eye(3, device=images.device).expand(len(images), 3, 3)
+        return out.clamp(0, 1), matrices.to(images.dtype)
+
+    def with_masks(self, images: "torch.Tensor", masks: "torch.Tensor"
+                   ) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+        """One draw over images (N, 3, H, W) and masks (N, M, H, W) float: (images, masks, matrices);
+        masks follow the geometry alone (nearest pixel), as kornia treats a ``mask``."""
+        import torch
+
+        with torch.no_grad():
+            out, masks_out = self.pipeline(images, masks, data_keys=["input", "mask"])
+        matrices = self.pipeline.transform_matrix
+        if matrices is None:
+            matrices = torch.eye(3, device=images.device).expand(len(images), 3, 3)
+        return out.clamp(0, 1), masks_out, matrices.to(images.dtype)
+
+    def replay(self, images: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        with torch.no_grad():
+            return self.pipeline(images, params=self.pipeline._params)
+
+
+def move_points(points: "torch.Tensor", matrices: "torch.Tensor") -> "torch.Tensor":
+    """points (N, K, 2) x, y in pixel-centre coordinates, matrices (N, 3, 3) -> (N, K, 2)."""
+    from kornia.geometry.linalg import transform_points
+
+    return transform_points(matrices, points)
+
+
+def mirrored(matrices: "torch.Tensor") -> "torch.Tensor":
+    """bool (N,): whether each draw was a reflection (left and right swapped)."""
+    import torch
+
+    return torch.linalg.det(matrices[:, :2, :2]) < 0
+
+
+class DeviceAugmentHooks:
+    """LightningModule hooks for a family that augments on the device (``augment_on: device``).
+
+    ``batch_augment`` (set for training by the family; None: the loader augmented): a training
+    batch -> the augmented batch, applied once the batch is on the device. Validation batches
+    pass untouched. Mixed in before the family's ``TaskModule``.
+    """
+
+    batch_augment: Callable[[Any], Any] | None = None
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.batch_augment is not None and self._trainer is not None and self.trainer.training:
+            return self.batch_augment(batch)
+        return batch
+
+    def on_train_epoch_start(self) -> None:
+        """Under DDP, each rank draws from a stream of its own. ``EpochSeeding`` (which runs
+        first) seeds every rank alike, which would give the same draw to the same batch
+        position on every rank. One process is left as it is."""
+        import torch
+
+        from visionflow.data.batching import derived_seed
+
+        if self.batch_augment is not None and self.trainer.world_size > 1:
+            torch.manual_seed(derived_seed(torch.initial_seed(), self.global_rank))

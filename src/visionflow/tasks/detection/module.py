@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from visionflow.batch_augment import DeviceAugmentHooks
 from visionflow.models.centernet import CenterNet, centernet_loss, encode_targets
 from visionflow.models.detectors import CenterNetDetector, TorchvisionDetector, build_retinanet
 from visionflow.tasks.boxes.module import BoxTaskModule
@@ -27,7 +28,7 @@ def upgrade_hyperparameters(saved: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
-class DetectionModule(BoxTaskModule):
+class DetectionModule(DeviceAugmentHooks, BoxTaskModule):
     """``model.name``: ``centernet`` (anchor-free, ours) or ``retinanet`` (torchvision's)."""
 
     task_name = "detection"

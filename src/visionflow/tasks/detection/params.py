@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from visionflow.batch_augment import check_batched
 from visionflow.config import DataParams, OptimParams, RegisterParams, Strict, positive_lists
 from visionflow.tasks.boxes.params import BoxAugmentParams, DetectionEvaluateParams, anchor_levels
 from visionflow.tasks.shapes_params import ShapesSynthParams
@@ -52,10 +53,21 @@ class DetectionTrainParams(OptimParams):
 
 
 class DetectionParams(Strict):
+    """``augment_on``: ``device`` augments a whole batch on the training device, boxes following
+    (:mod:`visionflow.tasks.boxes.device_augment`, a subset of transforms); ``loader``: each
+    image in the loader with albumentations (any transform)."""
+
     synth: ShapesSynthParams
     data: DataParams
     augment: BoxAugmentParams
+    augment_on: Literal["device", "loader"]
     model: DetectionModelParams
     train: DetectionTrainParams
     evaluate: DetectionEvaluateParams
     registry: RegisterParams = Field(alias="register")
+
+    @model_validator(mode="after")
+    def _batched_augment(self) -> "DetectionParams":
+        if self.augment_on == "device":
+            check_batched(self.augment.transforms, "augment.transforms")
+        return self

@@ -44,47 +44,44 @@ class Pose(TaskFamily):
         return write_figures_coco(out_dir, spec, splits, seed, progress=progress, workers=workers)
 
     def augment_preview(self, params: "PoseParams", data_root: Path, preview_png: Path) -> dict:
-        from visionflow.tasks.pose.data import CocoPoseDataset, KeypointAugment, keypoint_drift, \
-            keypoint_schema, load_split
+        from visionflow.tasks.pose.data import CocoPoseDataset, keypoint_schema, load_split
         from visionflow.viz import draw_keypoints, save_grid
 
         coco = load_split(data_root, "train")
         schema = keypoint_schema(coco, params.data.flip_pairs)
         dataset = CocoPoseDataset(coco, schema, _geometry(params.model))
-        augment = KeypointAugment(params.augment, "pose.augment", schema.flip_index, seed=params.train.seed,
-                                  replay=True)
-        rows, drifts, mirrored = [], [], 0
-        for index in range(min(PREVIEW_SAMPLES, len(dataset))):
-            crop, keypoints, _ = dataset.raw(index)
-            out = augment.apply(crop, keypoints)
-            mirrored += int(out["mirrored"])
-            draw = dict(skeleton=schema.skeleton, flip_index=schema.flip_index, scale=4, visibility=True)
-            rows.append([draw_keypoints(crop, keypoints, **draw), draw_keypoints(out["image"], out["keypoints"],
-                                                                                 **draw)])
-            drifts.append(keypoint_drift(augment, crop, keypoints))
+        before = [dataset.raw(index)[:2] for index in range(min(PREVIEW_SAMPLES, len(dataset)))]
+        draw_augmented = _device_draws if params.augment_on == "device" else _loader_draws
+        after, worst = draw_augmented(params, schema, before) if before else ([], 0.0)
+        draw = dict(skeleton=schema.skeleton, flip_index=schema.flip_index, scale=4, visibility=True)
+        rows = [[draw_keypoints(crop, keypoints, **draw), draw_keypoints(image, moved, **draw)]
+                for (crop, keypoints), (image, moved, _) in zip(before, after)]
         if rows:  # pairs of columns: before | after; first of each mirror pair green, partner magenta
             save_grid(preview_png, [rows[i] + rows[i + 1] if i + 1 < len(rows) else rows[i]
                                     for i in range(0, len(rows), 2)])
-        worst = max(drifts) if drifts else 0.0
         if worst > MAX_KEYPOINT_DRIFT_PX:
             raise ValueError(f"pose.augment: keypoints drift from their pixels through the transforms "
                              f"({worst:.2f} px > {MAX_KEYPOINT_DRIFT_PX}); see {preview_png}")
-        return {"samples": len(drifts), "max_keypoint_drift_px": round(worst, 4), "mirrored_samples": mirrored,
-                "flip_pairs_from": schema.flip_source}
+        return {"samples": len(rows), "augment_on": params.augment_on, "max_keypoint_drift_px": round(worst, 4),
+                "mirrored_samples": sum(int(m) for _, _, m in after), "flip_pairs_from": schema.flip_source}
 
     def datamodule(self, params: "PoseParams", data_root: Path, trainer: "TrainerParams"):
         from visionflow.runtime import loader_settings
         from visionflow.tasks.pose.data import KeypointAugment, PoseDataModule, keypoint_schema, load_split
 
         schema = keypoint_schema(load_split(data_root, "train"), params.data.flip_pairs)
-        augment = KeypointAugment(params.augment, "pose.augment", schema.flip_index, seed=params.train.seed)
+        augment = None if params.augment_on == "device" else \
+            KeypointAugment(params.augment, "pose.augment", schema.flip_index, seed=params.train.seed)
         return PoseDataModule(data_root, schema, _geometry(params.model), params.train.batch_size, augment,
                               seed=params.train.seed, **loader_settings(trainer))
 
     def module(self, params: "PoseParams", datamodule: Any):
         from visionflow.tasks.pose.module import PoseModule
 
-        return PoseModule(datamodule.schema.as_dict(), params.model, params.train)
+        module = PoseModule(datamodule.schema.as_dict(), params.model, params.train)
+        if params.augment_on == "device":
+            module.batch_augment = batched_augment(params, datamodule.schema.flip_index)
+        return module
 
     def load_module(self, checkpoint: Path):
         from visionflow.models.checkpoints import build_from_checkpoint
@@ -150,6 +147,49 @@ class Pose(TaskFamily):
         from visionflow.tasks.pose.predict import answer_keypoints
 
         return answer_keypoints(model, images["image"], device, detector)
+
+
+def batched_augment(params: "PoseParams", flip_index: Any) -> Any:
+    """``pose.augment`` as a ``KeypointBatchAugment`` (whole batches of crops on the device)."""
+    from visionflow.batch_augment import PointAugment, build_batch_augment
+    from visionflow.tasks.pose.device_augment import KeypointBatchAugment
+
+    return KeypointBatchAugment(PointAugment(build_batch_augment(params.augment, "pose.augment")), flip_index)
+
+
+def _loader_draws(params: "PoseParams", schema: Any, samples: list) -> tuple[list, float]:
+    """Each (crop, keypoints) through the loader's albumentations pipeline seeded with
+    ``train.seed``: ([(crop, keypoints, mirrored)], worst keypoint drift px)."""
+    from visionflow.tasks.pose.data import KeypointAugment, keypoint_drift
+
+    augment = KeypointAugment(params.augment, "pose.augment", schema.flip_index, seed=params.train.seed,
+                              replay=True)
+    after, drifts = [], []
+    for crop, keypoints in samples:
+        out = augment.apply(crop, keypoints)
+        after.append((out["image"], out["keypoints"], out["mirrored"]))
+        drifts.append(keypoint_drift(augment, crop, keypoints))
+    return after, max(drifts)
+
+
+def _device_draws(params: "PoseParams", schema: Any, samples: list) -> tuple[list, float]:
+    """The crops as one batch through the device pipeline, one draw from ``train.seed``: as
+    ``_loader_draws``."""
+    import numpy as np
+    import torch
+
+    from visionflow.data.batching import image_to_tensor
+    from visionflow.tasks.pose.device_augment import keypoint_drift
+
+    augment = batched_augment(params, schema.flip_index)
+    crops = torch.stack([image_to_tensor(crop) for crop, _ in samples])
+    keypoints = torch.stack([torch.from_numpy(np.asarray(k, np.float32)) for _, k in samples])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(params.train.seed)
+        out, moved, flipped = augment.draw(crops, keypoints)
+        worst = keypoint_drift(augment, crops, keypoints, moved, flipped)
+    images = (out * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [(image, k.numpy(), bool(f)) for image, k, f in zip(images, moved, flipped)], worst
 
 
 def _crop_geometry(module: Any):

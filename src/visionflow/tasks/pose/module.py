@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from visionflow.batch_augment import DeviceAugmentHooks
 from visionflow.tasks.lightning_base import TaskModule, saved_section
 from visionflow.tasks.pose.data import KeypointSchema
 from visionflow.tasks.pose.heatmaps import encode_heatmaps
@@ -74,7 +75,7 @@ def upgrade_hyperparameters(saved: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
-class PoseModule(TaskModule):
+class PoseModule(DeviceAugmentHooks, TaskModule):
     """``model_params``: the typed ``pose.model`` section; decoding reads it at every call (a
     benchmark may swap it for a copy with another ``decode``)."""
 

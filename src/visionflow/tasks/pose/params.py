@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from visionflow.batch_augment import check_batched
 from visionflow.config import (DataParams, EvaluateParams, OptimParams, RegisterParams, Strict, TransformSpec,
                                check_ranges, positive_lists, unknown_choice)
 
@@ -119,10 +120,21 @@ class PoseEvaluateParams(EvaluateParams):
 
 
 class PoseParams(Strict):
+    """``augment_on``: ``device`` augments a whole batch of crops on the training device,
+    keypoints following (:mod:`visionflow.tasks.pose.device_augment`, a subset of transforms);
+    ``loader``: each crop in the loader with albumentations (any transform)."""
+
     synth: FigureSynthParams
     data: PoseDataParams
     augment: list[TransformSpec]
+    augment_on: Literal["device", "loader"]
     model: PoseModelParams
     train: PoseTrainParams
     evaluate: PoseEvaluateParams
     registry: RegisterParams = Field(alias="register")
+
+    @model_validator(mode="after")
+    def _batched_augment(self) -> "PoseParams":
+        if self.augment_on == "device":
+            check_batched(self.augment, "augment")
+        return self

@@ -134,7 +134,7 @@ class Selfsup(TaskFamily):
 
         module = SelfsupModule(params.model, params.train)
         if params.augment_on == "device":
-            module.views = batch_views(params)
+            module.batch_augment = batch_views(params)
         return module
 
     def load_module(self, checkpoint: Path):

@@ -6,18 +6,17 @@ from typing import Any
 
 import torch
 
-from visionflow.batch_augment import TwoViews
-from visionflow.data.batching import derived_seed
+from visionflow.batch_augment import DeviceAugmentHooks
 from visionflow.losses import nt_xent_loss
 from visionflow.tasks.lightning_base import TaskModule, saved_section
 from visionflow.tasks.selfsup.contrastive import ContrastiveNet
 from visionflow.tasks.selfsup.params import SelfsupModelParams, SelfsupTrainParams
 
 
-class SelfsupModule(TaskModule):
+class SelfsupModule(DeviceAugmentHooks, TaskModule):
     """Batches are (view_1 (N, 3, H, W), view_2 (N, 3, H, W)), float in [0, 1]; or, with
-    ``views`` set (views drawn on the device), training batches are images (N, 3, H, W) and
-    the two views are drawn here, after the batch reached the device.
+    ``batch_augment`` set to a ``TwoViews`` (views drawn on the device), training batches are
+    images (N, 3, H, W) and the two views are drawn once the batch is on the device.
 
     ``net.encoder`` is the shared U-Net encoder; ``net.embedding`` pools it to
     (N, D); ``net.head`` projects for the loss and is dropped after pretraining.
@@ -25,7 +24,6 @@ class SelfsupModule(TaskModule):
 
     task_name = "selfsup"
     optim: SelfsupTrainParams
-    views: TwoViews | None = None  # set for training by the family when selfsup.augment_on is device
 
     def __init__(self, model: SelfsupModelParams, optim: SelfsupTrainParams):
         super().__init__(optim)
@@ -43,18 +41,6 @@ class SelfsupModule(TaskModule):
         """images (N, 3, H, W) -> projections (N, projection_dim)."""
         # channels-last lets oneDNN (CPU) and tensor cores (GPU) run the convolutions faster
         return self.net(images.contiguous(memory_format=torch.channels_last))
-
-    def on_train_epoch_start(self) -> None:
-        """Under DDP, each rank draws its views from a stream of its own. ``EpochSeeding`` (which
-        runs first) seeds every rank alike, which would give the same crop and jitter to the
-        same batch position on every rank. One process is left as it is."""
-        if self.views is not None and self.trainer.world_size > 1:
-            torch.manual_seed(derived_seed(torch.initial_seed(), self.global_rank))
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.views is not None and isinstance(batch, torch.Tensor):
-            return self.views(batch)
-        return batch
 
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor]):
         first, second = batch
