@@ -70,6 +70,21 @@ def test_centernet_encode_then_decode_recovers_the_boxes(regression):
     assert torch.all(detections[1] == -1)  # nothing found: all padding
 
 
+@pytest.mark.parametrize("regression", ["centre", "gaussian"])
+def test_objects_masked_out_encode_as_if_they_were_left_out(regression):
+    """Boxes that device augmentation drops come with ``keep`` instead of being selected."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        corners = torch.rand(6, 2, generator=generator) * 48
+        sizes = 4 + torch.rand(6, 2, generator=generator) * 24
+        boxes, labels = torch.cat([corners, corners + sizes], 1), torch.randint(0, 3, (6,), generator=generator)
+        keep = torch.rand(6, generator=generator) > 0.4
+        masked = encode_targets([boxes], [labels], 3, (16, 16), 4, regression=regression, keep=[keep])
+        selected = encode_targets([boxes[keep]], [labels[keep]], 3, (16, 16), 4, regression=regression)
+        for name, value in selected._asdict().items():
+            assert torch.equal(getattr(masked, name), value), name
+
+
 def test_gaussian_radius_is_centernets():
     # By hand for h=20, w=30, overlap 0.7, the third case decides:
     # a = 2.8, b = -70, c = -180 -> (b + sqrt(b^2 - 4ac)) / 2 = (-70 + sqrt(6916)) / 2 = 6.5811

@@ -116,10 +116,12 @@ def gaussian_radius(height: torch.Tensor, width: torch.Tensor, min_overlap: floa
 
 def encode_targets(boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor], num_classes: int,
                    out_size: tuple[int, int], stride: int, min_overlap: float = 0.7,
-                   regression: str = "centre") -> CenterNetTargets:
+                   regression: str = "centre", keep: Sequence[torch.Tensor] | None = None) -> CenterNetTargets:
     """Training targets for a batch.
 
     boxes[i]: float ``(K_i, 4)`` xyxy pixels; labels[i]: int64 ``(K_i,)`` in 0..C-1;
+    keep[i] (optional): bool ``(K_i,)``, False for objects that augmentation dropped: they paint
+    nothing, exactly as if they were left out, without selecting them (a host sync on a GPU).
     ``out_size``: (h, w) of the output grid. Where objects of one class overlap, the
     heatmap keeps the larger Gaussian (max), as CenterNet does. ``regression``:
     ``"centre"`` supervises size and offset at each object's centre cell only (CenterNet);
@@ -155,6 +157,8 @@ def encode_targets(boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
         gauss = torch.exp(-(dx**2 + dy**2) / (2 * sigma[:, None, None] ** 2))
         inside = (dx.abs() <= radius[:, None, None]) & (dy.abs() <= radius[:, None, None])
         gauss = gauss * inside  # (K, h, w), exactly 1 at the centre cell
+        kept = keep[i].bool() if keep is not None else torch.ones(len(b), dtype=torch.bool, device=device)
+        gauss = gauss * kept[:, None, None]
         flat = heatmap[i].view(num_classes, -1)
         flat.scatter_reduce_(0, lab[:, None].expand(-1, flat.shape[1]), gauss.flatten(1), "amax")
         # Objects are painted larger first, so where they share a cell the smaller one owns it:
@@ -168,7 +172,7 @@ def encode_targets(boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
         if regression == "centre":
             covers = torch.zeros(k, height * width, dtype=torch.bool, device=device)
             covers[torch.arange(k, device=device), centre_cell] = True
-            covers = covers.view(k, height, width)
+            covers = covers.view(k, height, width) & kept[:, None, None]
         else:
             covers = gauss > 0
         owner_rank = torch.where(covers, rank[:, None, None], -1).amax(0)  # (h, w)
@@ -179,7 +183,8 @@ def encode_targets(boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]
                size, offset, weight, classes)
         # Each centre cell regresses its own object (the last painted where centres coincide).
         centre_rank = torch.full((height * width,), -1, dtype=rank.dtype, device=device)
-        centre_rank = centre_rank.scatter_reduce_(0, centre_cell, rank, "amax").view(height, width)
+        centre_rank = centre_rank.scatter_reduce_(0, centre_cell, torch.where(kept, rank, -1), "amax")
+        centre_rank = centre_rank.view(height, width)
         owner = order[centre_rank.clamp(min=0)]
         _paint(i, centre_rank >= 0, owner, torch.ones_like(weight[i]), lab, wh,
                (centre[owner] - cell[owner]).permute(2, 0, 1), size, offset, weight, classes)
@@ -227,10 +232,9 @@ def centernet_loss(outputs: CenterNetOutput, targets: CenterNetTargets,
     total_weight = weight.sum().clamp(min=1e-6)
     size = ((outputs.size - targets.size).abs() * weight).sum() / total_weight / 2
     offset = ((outputs.offset - targets.offset).abs() * weight).sum() / total_weight / 2
-    owned = targets.classes >= 0  # (N, h, w)
-    logits = outputs.heatmap.permute(0, 2, 3, 1)[owned]  # (P, C)
-    class_loss = (F.cross_entropy(logits, targets.classes[owned], reduction="none")
-                  * targets.weight[owned]).sum() / total_weight
+    owned = targets.classes >= 0  # (N, h, w); every cell is scored, so nothing is selected (no host sync)
+    per_cell = F.cross_entropy(outputs.heatmap, targets.classes.clamp(min=0), reduction="none")  # (N, h, w)
+    class_loss = (per_cell * targets.weight * owned).sum() / total_weight
     total = (weights["heatmap"] * heat + weights["size"] * size + weights["offset"] * offset
              + weights.get("classification", 0.0) * class_loss)
     return {"loss": total, "heatmap": heat.detach(), "size": size.detach(), "offset": offset.detach(),

@@ -31,23 +31,26 @@ def move_boxes(boxes: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
 
 def apply_box_rule(boxes: torch.Tensor, height: int, width: int, rule: BoxRuleParams
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(boxes kept, keep (M,) bool) for boxes (M, 4) xyxy in an image of (height, width).
+    """(boxes (M, 4), keep (M,) bool) for boxes (M, 4) xyxy in an image of (height, width).
 
     A box stays when its part inside the image keeps at least ``min_visibility`` of its area,
-    ``min_area`` px^2 and ``min_side`` px on both sides; kept boxes are clipped when ``rule.clip``.
+    ``min_area`` px^2 and ``min_side`` px on both sides; boxes are clipped when ``rule.clip``.
+    Nothing is selected here (on a GPU that would wait for the device): ``boxes[keep]`` are
+    the boxes that stay.
     """
     inside = clip_boxes_to_image(boxes, (height, width))
     area, visible = box_area(boxes), box_area(inside)
     sides = inside[:, 2:] - inside[:, :2]
     keep = ((visible > 0) & (visible >= rule.min_visibility * area) & (visible >= rule.min_area)
             & (sides >= rule.min_side).all(-1))
-    return (inside if rule.clip else boxes)[keep], keep
+    return (inside if rule.clip else boxes), keep
 
 
 class BoxBatchAugment:
     """``(images (N, 3, H, W), targets)`` -> the same, augmented; ``targets`` is a list of N dicts
-    with ``boxes`` (K, 4) xyxy and ``labels`` (K,) (other keys pass through). Boxes the rule
-    drops leave with their labels."""
+    with ``boxes`` (K, 4) xyxy (other keys pass through). Each augmented target gets ``keep``
+    (K,) bool: the boxes the rule keeps (``boxes[keep]``, ``labels[keep]``). The losses take
+    the mask as it is, so no step waits for the device to say how many boxes stayed."""
 
     def __init__(self, augment: PointAugment, rule: BoxRuleParams):
         self.augment, self.rule = augment, rule
@@ -55,34 +58,32 @@ class BoxBatchAugment:
     def __call__(self, batch: tuple[torch.Tensor, list[dict]]) -> tuple[torch.Tensor, list[dict]]:
         images, targets = batch
         out, matrices = self.augment(images)
-        augmented = []
-        for target, (boxes, keep) in zip(targets, self.move(targets, matrices, tuple(out.shape[-2:]))):
-            augmented.append({**target, "boxes": boxes, "labels": target["labels"][keep]})
-        return out, augmented
+        return out, self.move(targets, matrices, tuple(out.shape[-2:]))
 
-    def move(self, targets: list[dict], matrices: torch.Tensor, size: tuple[int, int]
-             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per image, (boxes kept (K', 4), keep (K,) bool) after its draw (``matrices`` (N, 3, 3))
-        in an output image of ``size`` (H, W)."""
-        counts = [len(t["boxes"]) for t in targets]
-        image_of_box = torch.repeat_interleave(torch.arange(len(targets), device=matrices.device),
-                                               torch.tensor(counts, device=matrices.device))
-        moved = move_boxes(torch.cat([t["boxes"] for t in targets]).reshape(-1, 4), matrices[image_of_box])
-        return [apply_box_rule(boxes, *size, self.rule) for boxes in moved.split(counts)]
+    def move(self, targets: list[dict], matrices: torch.Tensor, size: tuple[int, int]) -> list[dict]:
+        """``targets`` after the draws ``matrices`` (N, 3, 3), in output images of ``size`` (H, W)."""
+        moved = []
+        for target, matrix in zip(targets, matrices):
+            boxes = move_boxes(target["boxes"].reshape(-1, 4), matrix.expand(len(target["boxes"]), 3, 3))
+            boxes, keep = apply_box_rule(boxes, *size, self.rule)
+            moved.append({**target, "boxes": boxes, "keep": keep})
+        return moved
 
     def with_masks(self, images: torch.Tensor, targets: list[dict]) -> tuple[torch.Tensor, list[dict]]:
         """One draw over images and their targets' ``masks`` (K, H, W) (the augment preview's
-        check): masks move with the geometry alone (nearest pixel) and are kept with their boxes."""
+        check), the boxes that stay selected: masks move with the geometry alone (nearest pixel)
+        and leave with their boxes."""
         slots = max([len(t["boxes"]) for t in targets] + [1])
         masks = torch.zeros(len(targets), slots, *images.shape[-2:])
         for i, target in enumerate(targets):
             masks[i, : len(target["masks"])] = target["masks"].float()
         out, masks_out, matrices = self.augment.with_masks(images, masks)
-        augmented = []
-        for i, (target, (boxes, keep)) in enumerate(zip(targets, self.move(targets, matrices, tuple(out.shape[-2:])))):
-            kept_masks = masks_out[i, : len(keep)][keep] > 0.5
-            augmented.append({**target, "boxes": boxes, "labels": target["labels"][keep], "masks": kept_masks})
-        return out, augmented
+        kept = []
+        for target, moved_masks in zip(self.move(targets, matrices, tuple(out.shape[-2:])), masks_out):
+            keep = target["keep"]
+            kept.append({**target, "boxes": target["boxes"][keep], "labels": target["labels"][keep],
+                         "masks": moved_masks[: len(keep)][keep] > 0.5})
+        return out, kept
 
 
 def write_preview(augment: BoxBatchAugment, data_root: Path, count: int, seed: int, preview_png: Path) -> dict:
@@ -103,6 +104,7 @@ def write_preview(augment: BoxBatchAugment, data_root: Path, count: int, seed: i
             out, moved = augment.with_masks(images, targets)
         else:
             out, moved = augment((images, targets))
+            moved = [{**t, "boxes": t["boxes"][t["keep"]], "labels": t["labels"][t["keep"]]} for t in moved]
     colours = palette(len(dataset.class_names) + 1)[1:]
     as_uint8 = lambda t: (t * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # noqa: E731
     rows, worst_miss = [], 0.0

@@ -55,15 +55,20 @@ class DetectionModule(DeviceAugmentHooks, BoxTaskModule):
         return TorchvisionDetector(self.net, self.model_params.max_detections, first_label=0)
 
     def model_step(self, batch: tuple[torch.Tensor, list[dict]]) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Targets augmented on the device carry ``keep`` (``boxes[keep]`` stay): CenterNet's
+        encoding takes the mask; RetinaNet (torchvision's) gets the boxes that stay."""
         images, targets = batch
         if isinstance(self.net, CenterNet):
             outputs = self.net(images)
+            keep = [t["keep"] for t in targets] if targets and "keep" in targets[0] else None
             encoded = encode_targets([t["boxes"] for t in targets], [t["labels"] - 1 for t in targets],
                                      len(self.class_names), tuple(outputs.heatmap.shape[-2:]), self.net.stride,
-                                     self.optim.loss.min_overlap, self.optim.loss.regression)
+                                     self.optim.loss.min_overlap, self.optim.loss.regression, keep)
             return outputs, centernet_loss(outputs, encoded, self.optim.loss.model_dump())
         self.net.train()
         # RetinaNet's sigmoid classes have no background: labels 0..C-1
+        targets = [{"boxes": t["boxes"][t["keep"]], "labels": t["labels"][t["keep"]]} if "keep" in t else t
+                   for t in targets]
         losses = self.net(list(images), [{"boxes": t["boxes"], "labels": t["labels"] - 1} for t in targets])
         return None, {"loss": sum(losses.values()), **{k: v.detach() for k, v in losses.items()}}
 
