@@ -181,6 +181,21 @@ def test_keypoints_follow_their_pixels_through_geometry(figures_dataset):
     assert max(keypoint_drift(augment, image, keypoints) for _ in range(6)) < 0.5
 
 
+def test_crops_cut_once_when_the_device_augments(figures_dataset):
+    from visionflow.tasks.pose.data import CocoPoseDataset, PoseDataModule, keypoint_schema, load_split
+
+    schema = keypoint_schema(load_split(figures_dataset, "train"))
+    geometry = CropGeometry(64, 48, 1.25)
+    cached = PoseDataModule(figures_dataset, schema, geometry, batch_size=4).train  # no loader transform
+    assert cached._items is not None and len(cached._items[0]) == len(cached) > 0
+    fresh = CocoPoseDataset(load_split(figures_dataset, "train"), schema, geometry)
+    for index in range(len(fresh)):
+        assert all(torch.equal(a, b) for a, b in zip(cached[index], fresh[index]))
+    augmented = PoseDataModule(figures_dataset, schema, geometry, batch_size=4,
+                               train_transform=KeypointAugment([], "pose.augment", schema.flip_index)).train
+    assert augmented._items is None  # a loader transform draws anew every time
+
+
 # --- skeleton, flip pairs and sigmas from data and params ---------------------------------------
 
 
