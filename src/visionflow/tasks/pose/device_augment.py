@@ -45,7 +45,9 @@ class KeypointBatchAugment:
         moved = torch.cat([move_points(keypoints[..., :2], matrices), keypoints[..., 2:]], -1)
         # In a mirror image, the point that was left_x sits where right_x would: swap the slots.
         flipped = mirrored(matrices)
-        moved = torch.where(flipped[:, None, None], moved[:, self.flip_index.to(moved.device)], moved)
+        if self.flip_index.device != moved.device:  # copied once, not every step (a copy waits for the GPU)
+            self.flip_index = self.flip_index.to(moved.device)
+        moved = torch.where(flipped[:, None, None], moved[:, self.flip_index], moved)
         return out, mark_outside(moved, *out.shape[-2:]), flipped
 
 
@@ -69,7 +71,7 @@ def keypoint_drift(augment: KeypointBatchAugment, crops: torch.Tensor, keypoints
         probe = 0.5 * torch.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 2.0)  # (N, H, W)
         replayed = augment.augment.replay(probe[:, None].expand(n, 3, height, width).contiguous())[:, 0]
         for i in range(n):
-            slot = int(augment.flip_index[k]) if flipped[i] else k
+            slot = int(augment.flip_index[k]) if flipped[i] else k  # the preview runs on the CPU
             if keypoints[i, k, 2] <= 0 or moved[i, slot, 2] <= 0:
                 continue
             row, col = divmod(int(replayed[i].argmax()), width)
