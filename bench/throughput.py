@@ -2,13 +2,16 @@
 
     python bench/throughput.py --task detection            # one family
     python bench/throughput.py --task all --out t.json     # every family, JSON too
+    python bench/throughput.py --task all --repeats 3      # median of 3 (a noisy host)
     python bench/throughput.py --task stereo --set trainer.num_workers=1 --set stereo.train.batch_size=32
 
 For each family, samples/s (images; crops for pose, pairs for stereo) of
 - loader: iterating the training loader alone (decode, augment, collate, workers as params say);
-- step: training steps on batches already in memory (on the device), Lightning included;
+- step: training steps on batches already in memory (on the device), Lightning included (and
+  augmentation, for families that augment on the device);
 - end to end: training steps fed by the real loader;
-plus the share of end-to-end time the step loop waited for data, and e2e / min(loader, step)
+plus the share of end-to-end time between steps (waiting for data, and device-side augmentation),
+and e2e / min(loader, step)
 (1.0: loading is hidden behind the step; below 0.9 the loader is in the way). On CUDA also the
 mean GPU utilisation over the end-to-end window (nvidia-smi, every 0.1 s). Synthetic data must
 exist (`dvc repro synthesize-<task>`); the project's params.yaml is used unless --params names
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import threading
@@ -145,7 +149,7 @@ def fit_steps(params, task: str, module, loader, steps: int, clock: StepClock) -
     trainer.fit(module, train_dataloaders=loader)
 
 
-def measure(params, task: str, warmup: int, count: int, root: Path = ROOT) -> dict:
+def measure(params, task: str, warmup: int, count: int, root: Path = ROOT, repeats: int = 1) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
@@ -174,23 +178,28 @@ def measure(params, task: str, warmup: int, count: int, root: Path = ROOT) -> di
     del iterator
     samples = sum(batch_size_of(b) for b in batches[warmup:])
 
-    # The step alone: the same batches from memory, already on the device.
+    # The step alone (the same batches from memory, already on the device), then end to end (a
+    # fresh model fed by the real loader); ``repeats`` alternating pairs, each rate the median.
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
     device = torch.device(runtime.device_type)
     in_memory = [move_data_to_device(b, device) for b in batches]
-    torch.manual_seed(section.train.seed)
-    clock = StepClock(warmup, count, runtime.device_type)
-    fit_steps(params, task, family.module(section, datamodule), DataLoader(in_memory, batch_size=None,
-              collate_fn=lambda b: b), total, clock)
-    step_seconds = clock.seconds
-
-    # End to end: a fresh model fed by the real loader.
-    torch.manual_seed(section.train.seed)
-    clock = StepClock(warmup, count, runtime.device_type)
-    with GpuSampler() if runtime.device_type == "cuda" else _Null() as gpu:
-        fit_steps(params, task, family.module(section, datamodule), datamodule.train_dataloader(), total, clock)
-    e2e_seconds = clock.seconds
+    step_runs, e2e_runs, waits, gpu_means = [], [], [], []
+    for _ in range(repeats):
+        torch.manual_seed(section.train.seed)
+        clock = StepClock(warmup, count, runtime.device_type)
+        fit_steps(params, task, family.module(section, datamodule), DataLoader(in_memory, batch_size=None,
+                  collate_fn=lambda b: b), total, clock)
+        step_runs.append(clock.seconds)
+        torch.manual_seed(section.train.seed)
+        clock = StepClock(warmup, count, runtime.device_type)
+        with GpuSampler() if runtime.device_type == "cuda" else _Null() as gpu:
+            fit_steps(params, task, family.module(section, datamodule), datamodule.train_dataloader(), total,
+                      clock)
+        e2e_runs.append(clock.seconds)
+        waits.append(clock.waited / clock.seconds)
+        gpu_means.append(gpu.mean)
+    step_seconds, e2e_seconds = statistics.median(step_runs), statistics.median(e2e_runs)
 
     loader_rate, step_rate, e2e_rate = (samples / s for s in (loader_seconds, step_seconds, e2e_seconds))
     return {
@@ -199,8 +208,8 @@ def measure(params, task: str, warmup: int, count: int, root: Path = ROOT) -> di
         "loader_samples_per_s": round(loader_rate, 1), "step_samples_per_s": round(step_rate, 1),
         "e2e_samples_per_s": round(e2e_rate, 1),
         "e2e_over_min": round(e2e_rate / min(loader_rate, step_rate), 3),
-        "data_wait_share": round(clock.waited / e2e_seconds, 3),
-        "gpu_util_percent": getattr(gpu, "mean", None),
+        "data_wait_share": round(statistics.median(waits), 3),
+        "gpu_util_percent": statistics.median(gpu_means) if None not in gpu_means else None,
     }
 
 
@@ -226,6 +235,9 @@ def main() -> int:
                         help="override a params key, e.g. trainer.num_workers=2")
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches first (default 5)")
     parser.add_argument("--steps", type=int, default=40, help="timed batches (default 40)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="alternate step-alone and end-to-end runs this many times; rates are medians "
+                             "(a shared or noisy host: 3)")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
 
@@ -238,7 +250,7 @@ def main() -> int:
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     for task in tasks:
-        row = measure(params, task, args.warmup, args.steps, args.params.resolve().parent)
+        row = measure(params, task, args.warmup, args.steps, args.params.resolve().parent, args.repeats)
         rows.append(row)
         print("| " + " | ".join(str(row[c]) for c in COLUMNS) + " |", flush=True)
     if args.out:
