@@ -88,6 +88,17 @@ def tiny_params_dict(**extra: dict) -> dict:
     return merge(merge(params, TINY_OVERRIDES), extra)
 
 
+def trainer_in_stage(stage: str):
+    """A Trainer in ``stage`` (training, validating, ...), as a module's batch hooks see it mid-fit
+    (families that augment on the device do so only for training batches)."""
+    import lightning as L
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    setattr(trainer, stage, True)
+    return trainer
+
+
 def write_project_params(project: Path, params: dict) -> None:
     """``params`` as the project's params.yaml, and the dvc.yaml `visionflow dag` makes of it."""
     from visionflow import dag

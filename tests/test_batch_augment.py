@@ -14,17 +14,7 @@ from visionflow.batch_augment import TwoViews, build_batch_augment
 from visionflow.config import ConfigError, TransformSpec, load_params, parse_params, read_yaml_mapping
 from visionflow.data.images import write_png
 
-from conftest import REPO
-
-
-def in_stage(stage: str):
-    """A Trainer in ``stage`` (training, validating, ...), as the batch hooks see it mid-fit."""
-    import lightning as L
-
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)
-    setattr(trainer, stage, True)
-    return trainer
+from conftest import REPO, trainer_in_stage
 
 
 def spec(name: str, p: float = 1.0, **kwargs) -> TransformSpec:
@@ -109,11 +99,11 @@ def test_selfsup_draws_its_views_on_the_device_after_the_batch_arrives(tmp_path)
     assert all(torch.equal(a, b) for pair, other in zip(val_pairs, data().val) for a, b in zip(pair, other))
 
     module = get_task("selfsup").module(params, datamodule)
-    module.trainer = in_stage("training")
+    module.trainer = trainer_in_stage("training")
     first, second = module.on_after_batch_transfer(batch, 0)
     assert first.shape == second.shape == batch.shape and not torch.equal(first, second)
     pair = (first, second)
-    module.trainer = in_stage("validating")
+    module.trainer = trainer_in_stage("validating")
     assert module.on_after_batch_transfer(pair, 0) is pair  # validation pairs pass through
 
 
@@ -219,7 +209,7 @@ def test_box_and_keypoint_families_augment_training_batches_once_on_the_device(t
     datamodule = family.datamodule(section, TaskPaths(task, tmp_path).data_root(section.data.source), params.trainer)
     batch = next(iter(datamodule.train_dataloader()))
     module = family.module(section, datamodule)
-    module.trainer = in_stage("training")
+    module.trainer = trainer_in_stage("training")
     torch.manual_seed(0)
     images, targets = module.on_after_batch_transfer(batch, 0)[:2]
     assert images.shape == batch[0].shape and not torch.equal(images, batch[0])
@@ -227,5 +217,5 @@ def test_box_and_keypoint_families_augment_training_batches_once_on_the_device(t
         assert any(len(b["boxes"]) and not torch.equal(a["boxes"], b["boxes"]) for a, b in zip(targets, batch[1]))
     else:  # keypoints moved with their crops
         assert not torch.equal(targets, batch[1])
-    module.trainer = in_stage("validating")
+    module.trainer = trainer_in_stage("validating")
     assert module.on_after_batch_transfer(batch, 0) is batch

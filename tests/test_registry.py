@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import trainer_in_stage
 from visionflow.config import TrainerParams, params_model
 from visionflow.paths import TaskPaths
 from visionflow.tasks import get_task, task_names
@@ -29,6 +30,7 @@ def test_family_forward_backward_and_export(name, tiny_params, tmp_path):
     datamodule = family.datamodule(params, paths.data_root(params.data.source), TrainerParams())
     module = family.module(params, datamodule)
     # As Lightning hands it over: through the hook that runs once the batch is on the device.
+    module.trainer = trainer_in_stage("training")
     batch = module.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     outputs, losses = module.model_step(batch)
     assert torch.isfinite(losses["loss"])
