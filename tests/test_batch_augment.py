@@ -196,7 +196,7 @@ def test_keypoints_swap_sides_in_a_mirror_and_leave_when_outside():
 
 
 @pytest.mark.parametrize("task", ["detection", "pose"])
-def test_box_and_keypoint_families_augment_training_batches_once_on_the_device(task, tmp_path):
+def test_box_and_keypoint_families_augment_training_batches_on_the_device(task, tmp_path):
     from conftest import tiny_params_dict
     from visionflow.paths import TaskPaths
     from visionflow.stages import synthesize

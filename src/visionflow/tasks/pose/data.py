@@ -274,14 +274,21 @@ def keypoint_drift(augment: KeypointAugment, image: np.ndarray, keypoints: np.nd
         probe = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 2.0)[..., None].astype(np.float32)
         moved = A.ReplayCompose.replay(record, image=probe, keypoints=with_probes(keypoints[:, :2], height,
                                                                                    width))["image"][..., 0]
-        row, col = np.unravel_index(int(moved.argmax()), moved.shape)
-        if not (0 < row < moved.shape[0] - 1 and 0 < col < moved.shape[1] - 1):
-            continue  # peak cut by the border: no sub-pixel estimate
-        patch = moved[row - 1: row + 2, col - 1: col + 2]
-        peak_x = col + (patch.sum(0) * np.array([-1, 0, 1])).sum() / patch.sum()
-        peak_y = row + (patch.sum(1) * np.array([-1, 0, 1])).sum() / patch.sum()
-        worst = max(worst, float(np.hypot(peak_x - out["keypoints"][slot, 0], peak_y - out["keypoints"][slot, 1])))
+        peak = blob_peak(moved)
+        if peak is not None:
+            worst = max(worst, float(np.hypot(peak[0] - out["keypoints"][slot, 0], peak[1] - out["keypoints"][slot, 1])))
     return worst
+
+
+def blob_peak(probe: np.ndarray) -> tuple[float, float] | None:
+    """(x, y) of a blob's peak in a float (H, W) probe, sub-pixel by the 3x3 centroid around the
+    brightest pixel; None where that pixel is on the border (no sub-pixel estimate)."""
+    row, col = np.unravel_index(int(probe.argmax()), probe.shape)
+    if not (0 < row < probe.shape[0] - 1 and 0 < col < probe.shape[1] - 1):
+        return None
+    patch = probe[row - 1: row + 2, col - 1: col + 2]
+    steps = np.array([-1.0, 0.0, 1.0])
+    return col + float((patch.sum(0) * steps).sum() / patch.sum()), row + float((patch.sum(1) * steps).sum() / patch.sum())
 
 
 def with_probes(points: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -326,15 +333,11 @@ class CocoPoseDataset(Dataset):
     def cache_items(self) -> None:
         """Cut every crop once. Without a transform the items never change (augmentation, if any,
         happens on the device), so ``__getitem__`` then only indexes arrays: crops uint8
-        (N, H, W, 3), 9 KiB a crop at 64 x 48."""
+        (N, H, W, 3), 9 KiB a crop at 64 x 48. Needs at least one item."""
         if self.transform is not None:
             raise ValueError("cache_items: the crops of a dataset with a transform change every draw")
-        height, width = self.geometry.size
-        rows = [self.raw(index) for index in range(len(self))]
-        self._items = (np.stack([r[0] for r in rows]) if rows else np.zeros((0, height, width, 3), np.uint8),
-                       np.stack([r[1] for r in rows]) if rows else np.zeros((0, self.schema.num_keypoints, 3),
-                                                                            np.float32),
-                       np.stack([r[2] for r in rows]) if rows else np.zeros((0, 5), np.float32))
+        crops, keypoints, info = zip(*(self.raw(index) for index in range(len(self))))
+        self._items = np.stack(crops), np.stack(keypoints), np.stack(info)
 
     def image(self, image_id: int) -> np.ndarray:
         """uint8 (H, W, 3) (decoded once if the dataset was preloaded; crops never change it)."""
@@ -380,8 +383,6 @@ class PoseDataModule(TrainValLoaders):
         self.pin_memory = pin_memory
         self.train = CocoPoseDataset(load_split(self.data_root, "train"), schema, geometry, train_transform)
         self.train.coco.preload()
-        if train_transform is None:  # augmented on the device, or not at all
-            self.train.cache_items()
         val_split = "val" if (self.data_root / "val.json").is_file() else "test"
         val_coco = load_split(self.data_root, val_split)
         val_schema = keypoint_schema(val_coco, flip_pairs=None)
@@ -391,3 +392,5 @@ class PoseDataModule(TrainValLoaders):
         self.val = CocoPoseDataset(val_coco, schema, geometry)
         if not len(self.train):
             raise CocoFormatError(f"{self.data_root}/train.json: no object with labelled keypoints to train on")
+        if train_transform is None:  # augmented on the device, or not at all
+            self.train.cache_items()

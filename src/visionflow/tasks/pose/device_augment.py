@@ -54,32 +54,27 @@ class KeypointBatchAugment:
 def keypoint_drift(augment: KeypointBatchAugment, crops: torch.Tensor, keypoints: torch.Tensor,
                    moved: torch.Tensor, flipped: torch.Tensor) -> float:
     """Largest distance (px) between a moved keypoint and where its pixel went, in the draw that
-    gave ``moved`` and ``flipped`` (``augment.draw``, the last one).
+    gave ``moved`` and ``flipped`` (``augment.draw``, the last one); on the CPU (the preview).
 
     Each labelled keypoint is painted as a small grey Gaussian blob (peak 0.5, so colour
     transforms scale it without clipping and keep its peak where it is) into a probe crop that
-    replays the same draw; the blob's peak (sub-pixel, by a 3x3 centroid) should sit on the
-    keypoint, after the left/right swap. 0 if none is labelled.
+    replays the same draw; the blob's peak (``data.blob_peak``) should sit on the keypoint, after
+    the left/right swap. 0 if none is labelled.
     """
+    from visionflow.tasks.pose.data import blob_peak
+
     n, _, height, width = crops.shape
     yy, xx = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
                             indexing="ij")
-    steps = torch.tensor([-1.0, 0.0, 1.0])
     worst = 0.0
     for k in range(keypoints.shape[1]):
         x, y = keypoints[:, k, 0, None, None], keypoints[:, k, 1, None, None]
         probe = 0.5 * torch.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 2.0)  # (N, H, W)
         replayed = augment.augment.replay(probe[:, None].expand(n, 3, height, width).contiguous())[:, 0]
         for i in range(n):
-            slot = int(augment.flip_index[k]) if flipped[i] else k  # the preview runs on the CPU
-            if keypoints[i, k, 2] <= 0 or moved[i, slot, 2] <= 0:
+            slot = int(augment.flip_index[k]) if flipped[i] else k
+            peak = blob_peak(replayed[i].numpy())
+            if keypoints[i, k, 2] <= 0 or moved[i, slot, 2] <= 0 or peak is None:
                 continue
-            row, col = divmod(int(replayed[i].argmax()), width)
-            if not (0 < row < height - 1 and 0 < col < width - 1):
-                continue  # peak cut by the border: no sub-pixel estimate
-            patch = replayed[i, row - 1: row + 2, col - 1: col + 2]
-            peak_x = col + float((patch.sum(0) * steps).sum() / patch.sum())
-            peak_y = row + float((patch.sum(1) * steps).sum() / patch.sum())
-            worst = max(worst, float(torch.hypot(torch.tensor(peak_x) - moved[i, slot, 0],
-                                                 torch.tensor(peak_y) - moved[i, slot, 1])))
+            worst = max(worst, float(torch.hypot(peak[0] - moved[i, slot, 0], peak[1] - moved[i, slot, 1])))
     return worst
