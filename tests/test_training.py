@@ -172,3 +172,35 @@ def test_augmentation_drawn_on_the_device_resumes_to_the_uninterrupted_bytes(tin
     assert train_task(family, params, tiny_params.trainer, tiny_params.tracking, paths)["resumed_from"] is None
     for path, content in resumed.items():
         assert path.read_bytes() == content, path.name
+
+
+def test_a_project_moved_to_another_folder_resumes_to_the_same_bytes(tiny_params, tmp_path, monkeypatch):
+    """Checkpoints hold no absolute path: a run interrupted in one folder and resumed after the
+    project moved ends with the bytes of an uninterrupted run in a third folder."""
+    import shutil
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    family = get_task("segmentation")
+    params = tiny_params.segmentation
+    params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": 2})})
+
+    def project(name: str) -> TaskPaths:
+        paths = TaskPaths("segmentation", tmp_path / name)
+        family.synthesize(params, paths.synthetic, progress=False)
+        return paths
+
+    moved_from = project("before")
+    with pytest.raises(Interrupt):
+        train_task(family, params, tiny_params.trainer, tiny_params.tracking, moved_from,
+                   extra_callbacks=[InterruptAtEpoch(1)])
+    shutil.move(tmp_path / "before", tmp_path / "after")
+    moved = TaskPaths("segmentation", tmp_path / "after")
+    resumed = train_task(family, params, tiny_params.trainer, tiny_params.tracking, moved)
+    assert resumed["resumed_from"] is not None
+
+    elsewhere = project("elsewhere")
+    train_task(family, params, tiny_params.trainer, tiny_params.tracking, elsewhere)
+    for name in ("best_checkpoint", "last_checkpoint"):
+        content = getattr(moved, name).read_bytes()
+        assert str(tmp_path).encode() not in content
+        assert content == getattr(elsewhere, name).read_bytes(), name

@@ -92,14 +92,42 @@ class ChannelsLast(Callback):
 
 
 class ResumableModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that restores all the state it saves.
+    """``ModelCheckpoint`` that restores all the state it saves, wherever the project lives.
 
     Lightning leaves ``current_score`` (the score of the last checkpoint it kept) out of
     ``load_state_dict``: a resumed run whose remaining epochs do not improve would save it as
     None where the uninterrupted run saves the score, and its checkpoints would differ.
+
+    Lightning also saves its folder and the checkpoints' paths as absolute paths, so the same
+    training in another clone wrote other bytes (and DVC saw another output), and a project
+    moved to another folder resumed without its best score. Here they are saved relative to
+    the checkpoint folder (``dirpath`` as ``"."``) and resolved against this run's folder on load.
     """
 
+    _PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.dirpath is None:
+            return state
+
+        def relative(path: str) -> str:
+            return os.path.relpath(path, self.dirpath) if path else path
+
+        state.update({key: relative(state[key]) for key in self._PATHS if key in state}, dirpath=".")
+        state["best_k_models"] = {relative(path): score for path, score in state.get("best_k_models", {}).items()}
+        return state
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("dirpath") == "." and self.dirpath is not None:
+
+            def absolute(path: str) -> str:
+                return os.path.join(self.dirpath, path) if path else path
+
+            state_dict = {**state_dict, "dirpath": self.dirpath,
+                          **{key: absolute(state_dict[key]) for key in self._PATHS if key in state_dict},
+                          "best_k_models": {absolute(path): score
+                                            for path, score in state_dict.get("best_k_models", {}).items()}}
         super().load_state_dict(state_dict)
         if state_dict.get("dirpath", self.dirpath) == self.dirpath:
             self.current_score = state_dict.get("current_score", self.current_score)
