@@ -4,7 +4,8 @@ Families whose per-image augmentation costs more than their training step (self-
 two views of small images) augment the batch after it reaches the device instead of in the
 loader: the loader then only hands out cached images, and the GPU draws the views for a whole
 batch in a few kernels. The list keeps albumentations' names and arguments, so a pipeline reads
-the same in params either way; each name maps to the kornia transform that does the same:
+the same in params either way; each name maps to the kornia transform that does the same (the
+names and their checks, which params run on load: :mod:`visionflow.batched_transforms`):
 
     RandomResizedCrop {size, scale, ratio}   -> kornia RandomResizedCrop
     HorizontalFlip, VerticalFlip             -> RandomHorizontalFlip, RandomVerticalFlip
@@ -28,51 +29,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from visionflow.batched_transforms import check_batched, value_range
 from visionflow.config import ConfigError, TransformSpec
 
 if TYPE_CHECKING:
     import torch
-
-# albumentations name -> the keyword arguments it may carry here (all others are refused).
-BATCHED_TRANSFORMS: dict[str, frozenset[str]] = {
-    "RandomResizedCrop": frozenset({"size", "scale", "ratio"}),
-    "HorizontalFlip": frozenset(),
-    "VerticalFlip": frozenset(),
-    "RandomRotate90": frozenset(),
-    "Affine": frozenset({"scale", "rotate", "translate_percent"}),
-    "ColorJitter": frozenset({"brightness", "contrast", "saturation", "hue"}),
-    "ToGray": frozenset(),
-}
-
-
-def check_batched(specs: Sequence[TransformSpec], key_path: str) -> None:
-    """Raise ValueError naming the first transform (``key_path[i]``) with no batched version."""
-    for index, spec in enumerate(specs):
-        where = f"{key_path}[{index}]"
-        if spec.name not in BATCHED_TRANSFORMS:
-            raise ValueError(f"{where}: {spec.name} has no batched (kornia) version; batched are "
-                             f"{', '.join(BATCHED_TRANSFORMS)} (or augment in the loader: augment_on: loader)")
-        unknown = sorted(set(spec.kwargs) - BATCHED_TRANSFORMS[spec.name])
-        if unknown:
-            raise ValueError(f"{where}.kwargs: {spec.name} on the device takes "
-                             f"{sorted(BATCHED_TRANSFORMS[spec.name]) or 'no arguments'}, not {unknown}")
-        if spec.name == "Affine":
-            for key, value in spec.kwargs.items():
-                _value_range(value, f"{where}.kwargs.{key}")
-            low, high = _value_range(spec.kwargs.get("translate_percent", [0, 0]), where)
-            if low != -high:
-                raise ValueError(f"{where}.kwargs.translate_percent: on the device a shift is symmetric, "
-                                 f"[-t, t]; got [{low}, {high}]")
-
-
-def _value_range(value: Any, where: str) -> tuple[float, float]:
-    """A ``[min, max]`` list of two numbers as a tuple (scalars are refused: albumentations reads
-    them differently per argument)."""
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value) or value[0] > value[1]):
-        raise ValueError(f"{where}: expected a [min, max] list of two numbers, got {value!r}")
-    return float(value[0]), float(value[1])
-
 
 def _kornia_transform(spec: TransformSpec) -> Any:
     import kornia.augmentation as K
@@ -88,10 +49,10 @@ def _kornia_transform(spec: TransformSpec) -> Any:
     if spec.name == "RandomRotate90":
         return K.RandomRotation90(times=(0, 3), p=p)
     if spec.name == "Affine":
-        shift = _value_range(kwargs.get("translate_percent", [0, 0]), "translate_percent")[1]
-        return K.RandomAffine(degrees=_value_range(kwargs.get("rotate", [0, 0]), "rotate"),
+        shift = value_range(kwargs.get("translate_percent", [0, 0]), "translate_percent")[1]
+        return K.RandomAffine(degrees=value_range(kwargs.get("rotate", [0, 0]), "rotate"),
                               translate=(shift, shift) if shift else None,
-                              scale=_value_range(kwargs.get("scale", [1, 1]), "scale"), p=p)
+                              scale=value_range(kwargs.get("scale", [1, 1]), "scale"), p=p)
     if spec.name == "ColorJitter":  # albumentations' defaults where a range is not given
         return K.ColorJitter(*(kwargs.get(k, 0.2) for k in ("brightness", "contrast", "saturation", "hue")), p=p)
     return K.RandomGrayscale(p=p)  # ToGray
@@ -104,9 +65,15 @@ def build_batch_augment(specs: Sequence[TransformSpec], key_path: str) -> "torch
 
     try:
         check_batched(specs, key_path)
-        return K.AugmentationSequential(*(_kornia_transform(spec) for spec in specs))
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ConfigError(f"{key_path}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    transforms = []
+    for index, spec in enumerate(specs):
+        try:
+            transforms.append(_kornia_transform(spec))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{key_path}[{index}].kwargs: {spec.name}: {exc}") from None
+    return K.AugmentationSequential(*transforms)
 
 
 class TwoViews:
@@ -149,10 +116,7 @@ class PointAugment:
 
         with torch.no_grad():
             out = self.pipeline(images)
-        matrices = self.pipeline.transform_matrix
-        if matrices is None:  # no geometric transform in the list
-            matrices = torch.eye(3, device=images.device).expand(len(images), 3, 3)
-        return out.clamp(0, 1), matrices.to(images.dtype)
+        return out.clamp(0, 1), self._matrices(images)
 
     def with_masks(self, images: "torch.Tensor", masks: "torch.Tensor"
                    ) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
@@ -162,10 +126,16 @@ class PointAugment:
 
         with torch.no_grad():
             out, masks_out = self.pipeline(images, masks, data_keys=["input", "mask"])
+        return out.clamp(0, 1), masks_out, self._matrices(images)
+
+    def _matrices(self, images: "torch.Tensor") -> "torch.Tensor":
+        """The last draw's (N, 3, 3) matrices; identities when the list moves no pixel."""
+        import torch
+
         matrices = self.pipeline.transform_matrix
         if matrices is None:
             matrices = torch.eye(3, device=images.device).expand(len(images), 3, 3)
-        return out.clamp(0, 1), masks_out, matrices.to(images.dtype)
+        return matrices.to(images.dtype)
 
     def replay(self, images: "torch.Tensor") -> "torch.Tensor":
         import torch

@@ -62,7 +62,7 @@ class BoxFamily(TaskFamily):
                     if self.with_masks else sample["image"]
                 views.append(draw_boxes(picture, boxes, sample["labels"] - 1, colours))
                 if has_masks:
-                    worst_miss = max(worst_miss, _box_misses_mask(boxes, sample["masks"]))
+                    worst_miss = max(worst_miss, box_misses_mask(boxes, sample["masks"]))
             rows.append(views)
             kept, total = kept + len(after["labels"]), total + len(before["labels"])
             if not has_masks:
@@ -169,8 +169,9 @@ def _named_detector(module: Any, category_ids: list[int]) -> Any:
     return detector
 
 
-def _box_misses_mask(boxes, masks) -> float:
-    """Largest distance (px) by which a mask's pixels stick out of its xyxy box."""
+def box_misses_mask(boxes, masks) -> float:
+    """Largest distance (px) by which a mask's pixels stick out of its box: boxes (M, 4) xyxy,
+    masks (M, H, W), one per box."""
     import numpy as np
 
     worst = 0.0

@@ -90,7 +90,7 @@ def write_preview(augment: BoxBatchAugment, data_root: Path, count: int, seed: i
     """The first ``count`` training images, one draw from ``seed``: a grid (image with boxes |
     augmented image with boxes) written to ``preview_png``, and the check's numbers. Where the
     data has masks, each kept box is measured against its object's mask after the same draw."""
-    from visionflow.tasks.boxes import _box_misses_mask
+    from visionflow.tasks.boxes import box_misses_mask
     from visionflow.tasks.boxes.data import CocoDetectionDataset, detection_collate, load_split
     from visionflow.viz import draw_boxes, palette, save_grid
 
@@ -113,7 +113,7 @@ def write_preview(augment: BoxBatchAugment, data_root: Path, count: int, seed: i
                      draw_boxes(as_uint8(after_image), after["boxes"].numpy(), after["labels"].numpy() - 1,
                                 colours)])
         if has_masks:
-            worst_miss = max(worst_miss, _box_misses_mask(after["boxes"].numpy(), after["masks"].numpy()))
+            worst_miss = max(worst_miss, box_misses_mask(after["boxes"].numpy(), after["masks"].numpy()))
     if rows:
         save_grid(preview_png, rows, scale=max(1, 256 // max(rows[0][0].shape[:2])))
     return {"samples": len(rows), "augment_on": "device", "masks_checked": has_masks,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from visionflow.batch_augment import check_batched
+from visionflow.batched_transforms import AugmentOn, BatchedOnDevice
 from visionflow.config import DataParams, OptimParams, RegisterParams, Strict, positive_lists
 from visionflow.tasks.boxes.params import BoxAugmentParams, DetectionEvaluateParams, anchor_levels
 from visionflow.tasks.shapes_params import ShapesSynthParams
@@ -52,22 +52,19 @@ class DetectionTrainParams(OptimParams):
     loss: CenterNetLossParams  # centernet only
 
 
-class DetectionParams(Strict):
+class DetectionParams(BatchedOnDevice):
     """``augment_on``: ``device`` augments a whole batch on the training device, boxes following
     (:mod:`visionflow.tasks.boxes.device_augment`, a subset of transforms); ``loader``: each
     image in the loader with albumentations (any transform)."""
 
+    augment_key: ClassVar[str] = "augment.transforms"
+
     synth: ShapesSynthParams
     data: DataParams
     augment: BoxAugmentParams
-    augment_on: Literal["device", "loader"]
+    augment_on: AugmentOn
     model: DetectionModelParams
     train: DetectionTrainParams
     evaluate: DetectionEvaluateParams
     registry: RegisterParams = Field(alias="register")
 
-    @model_validator(mode="after")
-    def _batched_augment(self) -> "DetectionParams":
-        if self.augment_on == "device":
-            check_batched(self.augment.transforms, "augment.transforms")
-        return self

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from visionflow.batch_augment import check_batched
+from visionflow.batched_transforms import AugmentOn, BatchedOnDevice
 from visionflow.config import (DataParams, EvaluateParams, OptimParams, RegisterParams, Strict, TransformSpec,
                                check_ranges, positive_lists, unknown_choice)
 
@@ -119,7 +119,7 @@ class PoseEvaluateParams(EvaluateParams):
         return values
 
 
-class PoseParams(Strict):
+class PoseParams(BatchedOnDevice):
     """``augment_on``: ``device`` augments a whole batch of crops on the training device,
     keypoints following (:mod:`visionflow.tasks.pose.device_augment`, a subset of transforms);
     ``loader``: each crop in the loader with albumentations (any transform)."""
@@ -127,14 +127,9 @@ class PoseParams(Strict):
     synth: FigureSynthParams
     data: PoseDataParams
     augment: list[TransformSpec]
-    augment_on: Literal["device", "loader"]
+    augment_on: AugmentOn
     model: PoseModelParams
     train: PoseTrainParams
     evaluate: PoseEvaluateParams
     registry: RegisterParams = Field(alias="register")
 
-    @model_validator(mode="after")
-    def _batched_augment(self) -> "PoseParams":
-        if self.augment_on == "device":
-            check_batched(self.augment, "augment")
-        return self

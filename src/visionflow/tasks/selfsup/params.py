@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from visionflow.batch_augment import check_batched
+from visionflow.batched_transforms import AugmentOn, BatchedOnDevice
 from visionflow.config import (DataParams, EvaluateParams, OptimParams, RegisterParams, Strict, TransformSpec,
                                check_ranges, positive_lists)
 from visionflow.tasks.shapes_params import ShapesSynthParams
@@ -84,7 +84,7 @@ class SelfsupEvaluateParams(EvaluateParams):
         return sorted(set(values))
 
 
-class SelfsupParams(Strict):
+class SelfsupParams(BatchedOnDevice):
     """``augment_on``: ``device`` draws both views of a whole batch on the training device
     (:mod:`visionflow.batch_augment`, a subset of transforms); ``loader`` draws them per image
     with albumentations in the loader (any transform)."""
@@ -92,14 +92,9 @@ class SelfsupParams(Strict):
     synth: SelfsupSynthParams
     data: SelfsupDataParams
     augment: list[TransformSpec]
-    augment_on: Literal["device", "loader"]
+    augment_on: AugmentOn
     model: SelfsupModelParams
     train: SelfsupTrainParams
     evaluate: SelfsupEvaluateParams
     registry: RegisterParams = Field(alias="register")
 
-    @model_validator(mode="after")
-    def _batched_augment(self) -> "SelfsupParams":
-        if self.augment_on == "device":
-            check_batched(self.augment, "augment")
-        return self
