@@ -37,6 +37,18 @@ def test_onnx_matches_torch_on_two_batch_sizes_and_another_image_size(tmp_path):
     assert network.calls == 3 and network.max_abs_diff < 1e-4
 
 
+def test_a_module_the_family_marks_as_failing_dynamo_goes_to_the_tracer(tmp_path):
+    import dataclasses
+
+    exported = dataclasses.replace(tiny_unet_export(), dynamo_fails="the dynamo exporter fails on it")
+    written = export_onnx(exported, tmp_path / "unet.onnx")
+    assert written.exporter == "torchscript"
+    assert written.dynamo_error == "not tried: the dynamo exporter fails on it"
+    x = torch.rand(2, 3, 40, 24)
+    with torch.no_grad():
+        np.testing.assert_allclose(OnnxNetwork(written.path)(x).numpy(), exported.module(x).numpy(), atol=1e-4)
+
+
 class _CannotSwap:
     """A family whose network exports but that cannot evaluate an exported copy."""
 

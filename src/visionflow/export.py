@@ -65,15 +65,20 @@ def export_onnx(exported: "ExportedModel", path: Path) -> OnnxExport:
     The dynamo exporter first; where it fails (or writes a graph onnxruntime rejects), the
     TorchScript tracer, whose graph holds whatever branches the example took. Raises the
     tracer's error when both fail. A model the registry stores as ``pickle`` is one that
-    torch.export cannot trace: it goes to the tracer directly (the dynamo attempt takes minutes).
+    torch.export cannot trace, and ``exported.dynamo_fails`` names one the dynamo exporter
+    fails on: both go to the tracer directly (the dynamo attempt takes minutes).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = exported.module.eval()
     example = torch.from_numpy(np.ascontiguousarray(exported.example, dtype=np.float32))
     free = _free_dims(exported)
-    dynamo_error = ("not tried: torch.export cannot trace this model (the registry pickles it)"
-                    if exported.serialization_format == "pickle" else _dynamo(module, example, path, free))
+    if exported.serialization_format == "pickle":
+        dynamo_error = "not tried: torch.export cannot trace this model (the registry pickles it)"
+    elif exported.dynamo_fails:
+        dynamo_error = f"not tried: {exported.dynamo_fails}"
+    else:
+        dynamo_error = _dynamo(module, example, path, free)
     if dynamo_error is None:
         return OnnxExport(path, "dynamo")
     _trace(module, example, path, free)

@@ -73,7 +73,10 @@ class ExportedModel:
     batch of 2 or more (torch.export pins a dimension whose example size is 1);
     ``input_shape`` / ``output_shape``: the signature's shapes, -1 for free dims;
     ``serialization_format``: how MLflow stores it, ``"pt2"`` (torch.export) or ``"pickle"``
-    for modules torch.export cannot trace (data-dependent shapes such as NMS).
+    for modules torch.export cannot trace (data-dependent shapes such as NMS);
+    ``dynamo_fails``: why the dynamo ONNX exporter fails on this module, where the family knows
+    it does (the ONNX export then goes to the TorchScript tracer directly: a failed dynamo
+    attempt takes up to minutes on a CPU).
     """
 
     module: "torch.nn.Module"
@@ -81,6 +84,7 @@ class ExportedModel:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     serialization_format: str = "pt2"
+    dynamo_fails: str | None = None
 
 
 @dataclass(frozen=True)
