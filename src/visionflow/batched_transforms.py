@@ -62,10 +62,11 @@ class BatchedOnDevice(Strict):
     (at ``augment_key``, dotted, within the section) must have a batched version."""
 
     augment_key: ClassVar[str] = "augment"
+    augment_on: AugmentOn
 
     @model_validator(mode="after")
     def _batched_on_device(self) -> "BatchedOnDevice":
-        if getattr(self, "augment_on") == "device":
+        if self.augment_on == "device":
             specs: Any = self
             for name in self.augment_key.split("."):
                 specs = getattr(specs, name)

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from visionflow.batched_transforms import AugmentOn, BatchedOnDevice
+from visionflow.batched_transforms import BatchedOnDevice
 from visionflow.config import DataParams, OptimParams, RegisterParams, Strict, positive_lists
 from visionflow.tasks.boxes.params import BoxAugmentParams, DetectionEvaluateParams, anchor_levels
 from visionflow.tasks.shapes_params import ShapesSynthParams
@@ -62,7 +62,6 @@ class DetectionParams(BatchedOnDevice):
     synth: ShapesSynthParams
     data: DataParams
     augment: BoxAugmentParams
-    augment_on: AugmentOn
     model: DetectionModelParams
     train: DetectionTrainParams
     evaluate: DetectionEvaluateParams

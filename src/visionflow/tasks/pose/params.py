@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from visionflow.batched_transforms import AugmentOn, BatchedOnDevice
+from visionflow.batched_transforms import BatchedOnDevice
 from visionflow.config import (DataParams, EvaluateParams, OptimParams, RegisterParams, Strict, TransformSpec,
                                check_ranges, positive_lists, unknown_choice)
 
@@ -127,7 +127,6 @@ class PoseParams(BatchedOnDevice):
     synth: FigureSynthParams
     data: PoseDataParams
     augment: list[TransformSpec]
-    augment_on: AugmentOn
     model: PoseModelParams
     train: PoseTrainParams
     evaluate: PoseEvaluateParams

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from visionflow.batched_transforms import AugmentOn, BatchedOnDevice
+from visionflow.batched_transforms import BatchedOnDevice
 from visionflow.config import (DataParams, EvaluateParams, OptimParams, RegisterParams, Strict, TransformSpec,
                                check_ranges, positive_lists)
 from visionflow.tasks.shapes_params import ShapesSynthParams
@@ -92,7 +92,6 @@ class SelfsupParams(BatchedOnDevice):
     synth: SelfsupSynthParams
     data: SelfsupDataParams
     augment: list[TransformSpec]
-    augment_on: AugmentOn
     model: SelfsupModelParams
     train: SelfsupTrainParams
     evaluate: SelfsupEvaluateParams
