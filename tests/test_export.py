@@ -49,6 +49,25 @@ def test_a_module_the_family_marks_as_failing_dynamo_goes_to_the_tracer(tmp_path
         np.testing.assert_allclose(OnnxNetwork(written.path)(x).numpy(), exported.module(x).numpy(), atol=1e-4)
 
 
+def test_under_another_torch_release_the_family_note_is_not_trusted_and_dynamo_is_tried(tmp_path, monkeypatch):
+    import dataclasses
+
+    from visionflow import export
+
+    monkeypatch.setattr(export, "DYNAMO_FAILS_SEEN_WITH", "1.0")
+    exported = dataclasses.replace(tiny_unet_export(), dynamo_fails="the dynamo exporter fails on it")
+    written = export_onnx(exported, tmp_path / "unet.onnx")
+    assert written.exporter == "dynamo" and written.dynamo_error is None
+
+
+def test_the_dynamo_notes_describe_the_torch_release_that_runs():
+    from visionflow import export
+
+    assert export._torch_release() == export.DYNAMO_FAILS_SEEN_WITH, (
+        "torch changed: run each family's export without its dynamo_fails note, keep the notes that "
+        "still hold and set DYNAMO_FAILS_SEEN_WITH")
+
+
 class _CannotSwap:
     """A family whose network exports but that cannot evaluate an exported copy."""
 

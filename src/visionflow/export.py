@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 INPUT_NAME = "images"
 OPSET = 17  # the TorchScript exporter's; the dynamo exporter picks its own (18+)
 DIM_NAMES = ("batch", "channels", "height", "width")
+# The torch release whose dynamo exporter the families' ``ExportedModel.dynamo_fails`` describe
+# (constraints.txt pins it). Under any other release export tries dynamo again: a newer exporter
+# may handle those networks, and a failure costs one attempt, named in ``dynamo_error``.
+DYNAMO_FAILS_SEEN_WITH = "2.14"
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,9 @@ def export_onnx(exported: "ExportedModel", path: Path) -> OnnxExport:
     The dynamo exporter first; where it fails (or writes a graph onnxruntime rejects), the
     TorchScript tracer, whose graph holds whatever branches the example took. Raises the
     tracer's error when both fail. A model the registry stores as ``pickle`` is one that
-    torch.export cannot trace, and ``exported.dynamo_fails`` names one the dynamo exporter
-    fails on: both go to the tracer directly (the dynamo attempt takes minutes).
+    torch.export cannot trace, and ``exported.dynamo_fails`` names one the dynamo exporter of
+    torch :data:`DYNAMO_FAILS_SEEN_WITH` fails on: both go to the tracer directly (a failed
+    dynamo attempt takes up to minutes on a CPU).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +80,7 @@ def export_onnx(exported: "ExportedModel", path: Path) -> OnnxExport:
     free = _free_dims(exported)
     if exported.serialization_format == "pickle":
         dynamo_error = "not tried: torch.export cannot trace this model (the registry pickles it)"
-    elif exported.dynamo_fails:
+    elif exported.dynamo_fails and _torch_release() == DYNAMO_FAILS_SEEN_WITH:
         dynamo_error = f"not tried: {exported.dynamo_fails}"
     else:
         dynamo_error = _dynamo(module, example, path, free)
@@ -89,6 +94,11 @@ def export_onnx(exported: "ExportedModel", path: Path) -> OnnxExport:
         OnnxNetwork(path)(example)
         return OnnxExport(path, "torchscript", dynamo_error, dynamic_batch=False)
     return OnnxExport(path, "torchscript", dynamo_error)
+
+
+def _torch_release() -> str:
+    """``major.minor`` of the running torch (``"2.14"`` for ``2.14.1+cu130``)."""
+    return ".".join(torch.__version__.split(".")[:2])
 
 
 def _dynamo(module: nn.Module, example: torch.Tensor, path: Path, free: list[int]) -> str | None:

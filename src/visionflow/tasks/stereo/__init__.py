@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 # (a horizontal flip, a shift of one view) at least doubles the error.
 MAX_WARP_ERROR_RATIO = 1.5
 # torch 2.14's dynamo exporter stops in onnx_ir's passes (AttributeError: 'NoneType' object has
-# no attribute 'ndim') after about 75 s on 2 cores; the trace agrees with PyTorch (docs/export.md).
+# no attribute 'ndim') after about 36 s on 2 cores; the trace agrees with PyTorch (docs/export.md).
 STEREO_DYNAMO_FAILS = "the dynamo exporter fails on the cost volume (onnx_ir: AttributeError)"
 
 
