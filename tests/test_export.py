@@ -37,6 +37,12 @@ def test_onnx_matches_torch_on_two_batch_sizes_and_another_image_size(tmp_path):
     assert network.calls == 3 and network.max_abs_diff < 1e-4
 
 
+def test_the_onnx_file_holds_no_source_paths_so_any_checkout_writes_the_same_bytes(tmp_path):
+    written = export_onnx(tiny_unet_export(), tmp_path / "unet.onnx")
+    assert written.exporter == "dynamo"
+    assert b"models/unet.py" not in written.path.read_bytes()
+
+
 def test_a_module_the_family_marks_as_failing_dynamo_goes_to_the_tracer(tmp_path):
     import dataclasses
 

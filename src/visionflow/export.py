@@ -31,6 +31,7 @@ DIM_NAMES = ("batch", "channels", "height", "width")
 # (constraints.txt pins it). Under any other release export tries dynamo again: a newer exporter
 # may handle those networks, and a failure costs one attempt, named in ``dynamo_error``.
 DYNAMO_FAILS_SEEN_WITH = "2.14"
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"  # node metadata the dynamo exporter writes
 
 
 @dataclass(frozen=True)
@@ -106,13 +107,26 @@ def _dynamo(module: nn.Module, example: torch.Tensor, path: Path, free: list[int
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
-                              dynamic_shapes=({i: torch.export.Dim.DYNAMIC for i in free},),
-                              verbose=False, report=False)
+            program = torch.onnx.export(module, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                        dynamic_shapes=({i: torch.export.Dim.DYNAMIC for i in free},),
+                                        verbose=False, report=False)
+        _drop_stack_traces(program.model)
+        program.save(str(path), external_data=True)
         OnnxNetwork(path)(example)
     except Exception as exc:  # noqa: BLE001 - any exporter failure means: try the tracer
         return _first_line(exc)
     return None
+
+
+def _drop_stack_traces(model: Any) -> None:
+    """Remove the Python stack trace the dynamo exporter records on each node of ``model`` (an
+    ``onnx_ir.Model``): it holds absolute source paths, so the file would differ from one
+    checkout folder to another and tell the model's users where it was exported."""
+    from onnx_ir.traversal import RecursiveGraphIterator
+
+    for graph in (model.graph, *model.functions.values()):
+        for node in RecursiveGraphIterator(graph):
+            node.metadata_props.pop(STACK_TRACE_KEY, None)
 
 
 def _trace(module: nn.Module, example: torch.Tensor, path: Path, free: list[int]) -> None:
