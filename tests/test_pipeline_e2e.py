@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -159,3 +161,17 @@ def test_dvc_repro_builds_tracks_and_reruns_only_what_changed(tiny_project: Path
         assert "dvc repro register-segmentation" in text
     hashes = [re.search(r"params   hash (\w+)", text).group(1) for text in (first, second)]
     assert hashes[0] != hashes[1] and "unknown" not in hashes
+
+    # A teammate's checkout: the outputs (dvc pull) but another MLflow store, without the run that
+    # trained them. An evaluate change reruns evaluate and register, each under a run of its own.
+    (tiny_project / "mlflow.db").rename(tiny_project / "mlflow.teammate.db")
+    params["segmentation"]["evaluate"]["onnx_tolerance"] = 0.01  # in the metrics: register reruns too
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(tiny_project, project_env, "repro")
+    assert stages_run(out) == {"evaluate-segmentation", "register-segmentation", "report"}
+    assert "the training run this evaluate belongs under, is not in this store" in out
+    # (sqlite3, not MlflowClient: this process's MLflow keeps the first store's file open under the same URI)
+    with contextlib.closing(sqlite3.connect(tiny_project / "mlflow.db")) as store:
+        stages = store.execute("SELECT value FROM tags WHERE key = 'visionflow.stage'").fetchall()
+        parents = store.execute("SELECT count(*) FROM tags WHERE key = 'mlflow.parentRunId'").fetchone()
+    assert sorted(stages) == [("evaluate",), ("register",)] and parents == (0,)

@@ -19,6 +19,19 @@ def test_a_stage_warning_reaches_its_mlflow_run(tmp_path, monkeypatch, caplog):
     assert "test.json: 4 images but no annotations" in caplog.text  # and still in the log
 
 
+def test_a_parent_run_this_store_lacks_is_named_in_a_warning_and_dropped(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    absent = "90fa4bcc0fe348f381b009080e3fdc5d"  # e.g. a teammate's training run, from train.json
+    with stage_run(StageRun("detection", "evaluate", {}), TrackingParams(), tmp_path, parent_run_id=absent) as run:
+        pass
+    tags = mlflow.get_run(run.info.run_id).data.tags
+    assert "mlflow.parentRunId" not in tags
+    assert f"MLflow run {absent}, the training run this evaluate belongs under, is not in this store" \
+        in tags[TAG_WARNINGS]
+
+
 def test_experiments_are_spelled_like_registered_models_and_default_is_gone(tmp_path, monkeypatch):
     import mlflow
 

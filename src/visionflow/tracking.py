@@ -202,7 +202,8 @@ def stage_run(run: StageRun, tracking: TrackingParams, root: Path, parent_run_id
 
     Open it before the stage's work, so its duration is the work's.
     ``resume_run_id`` continues an earlier run (a resumed training); a
-    ``parent_run_id`` that the store does not know (a fresh database) is dropped.
+    ``parent_run_id`` that the store does not know (a fresh database, or outputs a teammate
+    trained and ``dvc pull`` brought) is dropped, with a warning that names it.
     ``system_metrics``: sample CPU, memory (and GPU, with ``nvidia-ml-py``
     installed) every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (10).
     """
@@ -211,9 +212,12 @@ def stage_run(run: StageRun, tracking: TrackingParams, root: Path, parent_run_id
     experiment_id = use_experiment(run.task, tracking, root)
     if system_metrics:  # its start/stop notices and "Skip logging GPU metrics" are not news
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    if parent_run_id is not None and not _run_exists(parent_run_id):
+    if parent_run_id is not None and not run_exists(parent_run_id):
+        logging.getLogger("visionflow.tracking").warning(
+            "visionflow: warning: MLflow run %s, the training run this %s belongs under, is not in this "
+            "store (%s): it logs to a run of its own", parent_run_id, run.stage, mlflow.get_tracking_uri())
         parent_run_id = None
-    if resume_run_id is not None and not _run_exists(resume_run_id):
+    if resume_run_id is not None and not run_exists(resume_run_id):
         resume_run_id = None
     flat = flatten(_dump(run.params))
     commit, dirty = git_state(root)
@@ -237,7 +241,8 @@ def stage_run(run: StageRun, tracking: TrackingParams, root: Path, parent_run_id
                 mlflow.set_tag(TAG_WARNINGS, "\n".join(STAGE_WARNINGS.messages)[:5000])
 
 
-def _run_exists(run_id: str) -> bool:
+def run_exists(run_id: str) -> bool:
+    """Whether the active MLflow store holds the run."""
     import mlflow
 
     try:

@@ -19,7 +19,7 @@ from visionflow.paths import TaskPaths, read_stage_json
 from visionflow.runtime import device_type
 from visionflow.tasks import get_task
 from visionflow.tasks.base import EvalOutputs
-from visionflow.tracking import (StageRun, log_artifacts, log_dataset, log_metrics, metric_values,
+from visionflow.tracking import (StageRun, log_artifacts, log_dataset, log_metrics, metric_values, run_exists,
                                  set_headline_view, stage_run)
 
 
@@ -40,8 +40,10 @@ def run(params: Params, task: str, root: Path) -> dict:
         paths.metrics.parent.mkdir(parents=True, exist_ok=True)
         paths.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
         log_metrics(metrics, prefix="test/")
-        # The headline numbers belong on the run a person opens: the one that trained the model.
-        log_metrics(metrics, prefix="test/", run_id=train_summary["mlflow_run_id"])
+        # The headline numbers belong on the run a person opens: the one that trained the model,
+        # where this store holds it (stage_run warned if not).
+        if run_exists(train_summary["mlflow_run_id"]):
+            log_metrics(metrics, prefix="test/", run_id=train_summary["mlflow_run_id"])
         # Columns: the primary metric, then the other top-level numbers (not per-class breakdowns).
         headline = [family.primary_metric, *[k for k, v in metrics.items() if k != family.primary_metric
                                              and isinstance(v, (int, float)) and not isinstance(v, bool)]]
